@@ -1,0 +1,20 @@
+"""vaeconverge: train Variational Autoencoders and see the convergence the theory guarantees."""
+
+from .config import ConfigError, RunConfig, SyntheticConfig
+from .models import VAE, LinearVAE, build_vae, ppca_optimum
+from .objectives import ELBO, IWAE, build_objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELBO",
+    "IWAE",
+    "VAE",
+    "ConfigError",
+    "LinearVAE",
+    "RunConfig",
+    "SyntheticConfig",
+    "build_objective",
+    "build_vae",
+    "ppca_optimum",
+]

@@ -1,0 +1,128 @@
+"""Command line: ``vaeconverge train ...``. Invalid input exits with status 2 and one line naming the option."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import config as cfg
+from .config import ConfigError, RunConfig, SyntheticConfig
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    d, s = RunConfig(), SyntheticConfig()
+    p = sub.add_parser("train", help="train one VAE and write metrics, summary, plot and checkpoint",
+                       description="Train one VAE; write metrics.csv, summary.json, convergence.png and "
+                                   "checkpoint.pt into --out.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.data,
+                   help="digits | synthetic-linear | path to an N x D .npy, .npz or .csv file")
+    g.add_argument("--n-samples", type=int, default=s.n_samples, help="synthetic-linear: examples N")
+    g.add_argument("--data-dim", type=int, default=s.data_dim, help="synthetic-linear: dimension D")
+    g.add_argument("--true-latent-dim", type=int, default=s.latent_dim, help="synthetic-linear: true k")
+    g.add_argument("--noise-std", type=float, default=s.noise_std, help="synthetic-linear: true c")
+    g.add_argument("--data-seed", type=int, default=s.seed, help="synthetic-linear: seed of the data")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=cfg.MODELS, default=d.model)
+    g.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    g.add_argument("--hidden", type=int, default=d.hidden, help="mlp: hidden units per layer")
+    g.add_argument("--depth", type=int, default=d.depth, help="mlp: hidden layers in encoder and decoder")
+    g.add_argument("--activation", choices=cfg.ACTIVATIONS, default=d.activation)
+    g.add_argument("--softclip-s", type=float, default=d.softclip_s, help="soft-clipping sharpness s")
+    g.add_argument("--softclip-s1", type=float, default=d.softclip_s1, help="soft-clipping lower bound")
+    g.add_argument("--softclip-s2", type=float, default=d.softclip_s2, help="soft-clipping upper bound")
+    g.add_argument("--likelihood", choices=cfg.LIKELIHOODS, default=d.likelihood)
+    g.add_argument("--decoder-std", type=float, default=d.decoder_std, 
+                   help="gaussian: c (default 1); with --learn-variance its start (default: the data's std)")
+    g.add_argument("--learn-variance", action="store_true", help="gaussian: learn c")
+
+    g = p.add_argument_group("objective")
+    g.add_argument("--objective", choices=cfg.OBJECTIVES, default=d.objective)
+    g.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples per example")
+    g.add_argument("--beta", type=float, default=d.beta, help="KL weight (elbo)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="B")
+    g.add_argument("--optimizer", choices=cfg.OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--lr", type=float, default=d.lr, help="base step size (C_gamma)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="sgd and rmsprop momentum")
+    g.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"))
+    g.add_argument("--schedule", choices=cfg.SCHEDULES, default=d.schedule,
+                   help="constant | sqrt: lr * n^-power per iteration | epoch-sqrt: lr / (epoch+1)^power")
+    g.add_argument("--schedule-power", type=float, default=d.schedule_power, help="the exponent alpha")
+    g.add_argument("--steps", type=int, default=d.steps, help="iterations n")
+    g.add_argument("--seed", type=int, default=d.seed)
+
+    g = p.add_argument_group("diagnostics and output")
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between full-gradient evaluations")
+    g.add_argument("--eval-samples", type=int, default=d.eval_samples,
+                   help="Monte Carlo draws of the full-objective gradient")
+    g.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vaeconverge", description="Train VAEs with convergence guarantees you can see.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The validated :class:`RunConfig` of parsed ``train`` arguments."""
+    synthetic = SyntheticConfig(n_samples=args.n_samples, data_dim=args.data_dim,
+                                latent_dim=args.true_latent_dim, noise_std=args.noise_std, seed=args.data_seed)
+    fields = {k: v for k, v in vars(args).items() if k in RunConfig.__dataclass_fields__}
+    fields["adam_betas"] = tuple(fields["adam_betas"])
+    return RunConfig(synthetic=synthetic, **fields).validate()
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .engine import TrainingDiverged, train, write_run
+
+    config = config_from_args(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError("--out", f"{args.out} exists and is not a directory")
+    dataset = load_dataset(config)
+    try:
+        result = train(config, dataset, progress=not args.quiet)
+    except TrainingDiverged as exc:
+        print(f"vaeconverge train: {exc}; nothing written to {args.out}", file=sys.stderr)
+        return 1
+    out = write_run(args.out, result)
+    s = result.summary
+    log_lik = "n/a" if s["log_likelihood"] is None else f"{s['log_likelihood']:.6g}"
+    state = " (interrupted)" if s["interrupted"] else ""
+    print(f"{s['steps']} steps in {s['seconds']:.1f}s{state}: objective {s['objective']:.6g}, "
+          f"grad_sq_norm {s['grad_sq_norm']:.4g}, log_likelihood {log_lik}; wrote {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vaeconverge`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"vaeconverge {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

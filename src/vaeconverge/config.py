@@ -1,0 +1,150 @@
+"""Run configuration: one frozen dataclass holding every option, validated before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = ("linear", "mlp")
+ACTIVATIONS = ("relu", "softclip")
+LIKELIHOODS = ("gaussian", "bernoulli")
+OBJECTIVES = ("elbo", "iwae")
+OPTIMIZERS = ("sgd", "adam", "amsgrad", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
+BUILTIN_DATA = ("digits", "synthetic-linear")
+
+
+class ConfigError(ValueError):
+    """An invalid option; ``option`` is the user-facing name (a CLI flag) of what is wrong."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option = option
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Sizes of the ``synthetic-linear`` data set: x = W z + b + c * noise, z ~ N(0, I)."""
+
+    n_samples: int = 2000
+    data_dim: int = 20
+    latent_dim: int = 3
+    noise_std: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of one training run. Field names match the CLI flags (``_`` for ``-``)."""
+
+    # data
+    data: str = "digits"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # model
+    model: str = "mlp"
+    latent_dim: int = 10
+    hidden: int = 200
+    depth: int = 2
+    activation: str = "relu"
+    softclip_s: float = 5.0
+    softclip_s1: float = 0.0
+    softclip_s2: float = 50.0
+    likelihood: str = "bernoulli"
+    decoder_std: float | None = None  # c; None: 1 when fixed, the data's pooled std when learned
+    learn_variance: bool = False
+    # objective
+    objective: str = "elbo"
+    samples: int = 1
+    beta: float = 1.0
+    # optimisation
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"
+    schedule_power: float = 0.5
+    steps: int = 3000
+    seed: int = 0
+    # diagnostics
+    eval_every: int = 100
+    eval_samples: int = 4
+
+    def validate(self) -> RunConfig:
+        """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
+        _choice("--model", self.model, MODELS)
+        _choice("--activation", self.activation, ACTIVATIONS)
+        _choice("--likelihood", self.likelihood, LIKELIHOODS)
+        _choice("--objective", self.objective, OBJECTIVES)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        for option, value in (
+            ("--latent-dim", self.latent_dim),
+            ("--hidden", self.hidden),
+            ("--depth", self.depth),
+            ("--samples", self.samples),
+            ("--batch-size", self.batch_size),
+            ("--steps", self.steps),
+            ("--eval-every", self.eval_every),
+            ("--eval-samples", self.eval_samples),
+            ("--n-samples", self.synthetic.n_samples),
+            ("--data-dim", self.synthetic.data_dim),
+            ("--true-latent-dim", self.synthetic.latent_dim),
+        ):
+            _positive(option, value)
+        _positive("--lr", self.lr)
+        if self.decoder_std is not None:
+            _positive("--decoder-std", self.decoder_std)
+        _positive("--noise-std", self.synthetic.noise_std)
+        _positive("--softclip-s", self.softclip_s)
+        _nonnegative("--beta", self.beta)
+        _nonnegative("--schedule-power", self.schedule_power)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("--momentum", f"must lie in [0, 1) (got {self.momentum})")
+        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {self.adam_betas})")
+        if not self.softclip_s1 < self.softclip_s2:
+            raise ConfigError(
+                "--softclip-s1", f"must be below --softclip-s2 (got {self.softclip_s1} >= {self.softclip_s2})"
+            )
+        if not self.data:
+            raise ConfigError("--data", "must name a built-in data set or a file")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dictionary of every resolved option."""
+        out = dataclasses.asdict(self)
+        out["adam_betas"] = list(self.adam_betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        values = dict(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], "unknown option")
+        if "synthetic" in values and isinstance(values["synthetic"], dict):
+            values["synthetic"] = SyntheticConfig(**values["synthetic"])
+        if "adam_betas" in values:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(option, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def _positive(option: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ConfigError(option, f"must be positive (got {value})")
+
+
+def _nonnegative(option: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ConfigError(option, f"must be non-negative (got {value})")

@@ -1,0 +1,69 @@
+"""Data sets held in memory as one (N, D) float tensor, with validation that names the problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import BUILTIN_DATA, ConfigError, RunConfig
+from .arrays import load_array_file
+from .batches import PermutationBatches
+from .digits import load_digits_tensor
+from .synthetic import SyntheticLinear, make_synthetic_linear
+
+__all__ = [
+    "Dataset",
+    "PermutationBatches",
+    "SyntheticLinear",
+    "check_data",
+    "load_dataset",
+    "make_synthetic_linear",
+]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training data ``x`` (N, D) and, for synthetic data, the generating model."""
+
+    name: str
+    x: torch.Tensor
+    truth: SyntheticLinear | None = None
+
+
+def load_dataset(config: RunConfig) -> Dataset:
+    """Load and validate the data named by ``config.data`` (a built-in name or a file path)."""
+    truth = None
+    if config.data == "digits":
+        x = load_digits_tensor()
+    elif config.data == "synthetic-linear":
+        s = config.synthetic
+        truth = make_synthetic_linear(s.n_samples, s.data_dim, s.latent_dim, s.noise_std, s.seed)
+        x = truth.x
+    elif "." in config.data or "/" in config.data:
+        x = load_array_file(config.data)
+    else:
+        raise ConfigError(
+            "--data", f"unknown data set {config.data!r}; use one of {', '.join(BUILTIN_DATA)} or a file path"
+        )
+    check_data(x, config.likelihood, config.batch_size)
+    return Dataset(name=config.data, x=x, truth=truth)
+
+
+def check_data(x: torch.Tensor, likelihood: str, batch_size: int) -> None:
+    """Raise :class:`ConfigError` unless ``x`` is a finite, non-empty (N, D) array usable as asked."""
+    if x.ndim != 2:
+        raise ConfigError("--data", f"expected a 2-D array (N examples x D features), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ConfigError("--data", f"the data are empty (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero()[0, 0].item()
+        raise ConfigError("--data", f"contains NaN or infinite values (first in row {bad})")
+    if likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+        raise ConfigError(
+            "--likelihood",
+            f"bernoulli needs data in [0, 1]; found values in [{x.min().item():.4g}, {x.max().item():.4g}]",
+        )
+    if batch_size > x.shape[0]:
+        raise ConfigError("--batch-size", f"{batch_size} is larger than the {x.shape[0]} training examples")
+

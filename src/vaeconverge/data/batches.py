@@ -1,0 +1,39 @@
+"""Minibatches of an in-memory tensor, drawn by a fresh random permutation each epoch."""
+
+from __future__ import annotations
+
+import torch
+
+
+class PermutationBatches:
+    """Yields batches of ``batch_size`` rows; an epoch is ``len(x) // batch_size`` batches.
+
+    The incomplete tail of each permutation is dropped so that every step sees exactly B examples,
+    as the theory's sigma^2 / B noise model assumes.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        if not 0 < batch_size <= len(x):
+            raise ValueError(f"batch size {batch_size} must lie in [1, {len(x)}]")
+        self.x = x
+        self.batch_size = batch_size
+        self.generator = generator
+        self.batches_per_epoch = len(x) // batch_size
+        self.epoch = -1
+        self._order = torch.empty(0, dtype=torch.long)
+        self._position = self.batches_per_epoch
+
+    def next(self) -> torch.Tensor:
+        """The next batch; starts a new epoch (and a new permutation) when the current one is spent."""
+        if self._position == self.batches_per_epoch:
+            self.epoch += 1
+            self._position = 0
+            self._order = torch.randperm(len(self.x), generator=self.generator)
+        start = self._position * self.batch_size
+        self._position += 1
+        return self.x[self._order[start : start + self.batch_size]]
+
+    @property
+    def epoch_finished(self) -> bool:
+        """True right after the last batch of an epoch was drawn."""
+        return self._position == self.batches_per_epoch

@@ -1,0 +1,16 @@
+"""The training loop, checkpoints and run outputs."""
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .outputs import write_run
+from .train import TrainingDiverged, TrainResult, train
+
+__all__ = [
+    "CheckpointError",
+    "TrainResult",
+    "TrainingDiverged",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "train",
+    "write_run",
+]

@@ -1,0 +1,17 @@
+"""VAE models: a Gaussian encoder, a decoder with its likelihood, and the Linear VAE's closed forms."""
+
+from .linear import LinearVAE, PPCASolution, ppca_optimum
+from .build import build_vae
+from .vae import VAE, BernoulliLikelihood, GaussianEncoder, GaussianLikelihood, gaussian_kl
+
+__all__ = [
+    "VAE",
+    "BernoulliLikelihood",
+    "GaussianEncoder",
+    "GaussianLikelihood",
+    "LinearVAE",
+    "PPCASolution",
+    "build_vae",
+    "gaussian_kl",
+    "ppca_optimum",
+]

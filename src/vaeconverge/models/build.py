@@ -1,0 +1,34 @@
+"""Build the model a run configuration asks for."""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..nn.networks import NetworkSpec
+from .linear import LinearVAE
+from .vae import VAE, BernoulliLikelihood, GaussianEncoder, GaussianLikelihood, Decoder
+
+
+def network_spec(config: RunConfig) -> NetworkSpec:
+    """The encoder/decoder body shape named by the configuration."""
+    return NetworkSpec(
+        kind=config.model,
+        hidden=config.hidden,
+        depth=config.depth,
+        activation=config.activation,
+        softclip_s=config.softclip_s,
+        softclip_s1=config.softclip_s1,
+        softclip_s2=config.softclip_s2,
+    )
+
+
+def build_vae(config: RunConfig, data_dim: int) -> VAE:
+    """A VAE for D = ``data_dim``; the linear-Gaussian case is a :class:`LinearVAE` with closed forms."""
+    spec = network_spec(config)
+    encoder = GaussianEncoder(data_dim, config.latent_dim, spec)
+    decoder = Decoder(config.latent_dim, data_dim, spec, config.likelihood)
+    if config.likelihood == "gaussian":
+        likelihood = GaussianLikelihood(config.decoder_std, learn=config.learn_variance)
+    else:
+        likelihood = BernoulliLikelihood()
+    cls = LinearVAE if config.model == "linear" and config.likelihood == "gaussian" else VAE
+    return cls(encoder, decoder, likelihood, config.latent_dim)

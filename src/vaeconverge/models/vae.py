@@ -1,0 +1,147 @@
+"""The VAE: prior N(0, I), Gaussian encoder q_phi(z | x), decoder G_theta(z) with a likelihood p_theta(x | z).
+
+The model only says what the distributions are; what is optimised lives in ``objectives.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.networks import LOGVAR_HEAD_RANGE, MEAN_HEAD_RANGE, NetworkSpec, build_body
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL( N(mean, diag e^logvar) || N(0, I) ) in closed form, summed over the last dimension."""
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * (z.square() + LOG_2PI).sum(-1)
+
+
+class SharedLogVariance(nn.Module):
+    """A log-variance that does not depend on x: the Linear VAE's diagonal encoder covariance."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(latent_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.value.expand(*h.shape[:-1], -1)
+
+
+class GaussianEncoder(nn.Module):
+    """x -> (mean, log-variance) of a diagonal Gaussian q_phi(z | x).
+
+    The linear model has mean V x + e and one diagonal covariance shared by all x, as in the Linear VAE
+    of the theory (whose optimum is probabilistic PCA); networks have a log-variance head of their own.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.register_buffer("input_shift", torch.zeros(data_dim))
+        self.register_buffer("input_scale", torch.ones(data_dim))
+        self.body, width = build_body(data_dim, spec)
+        self.mean = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(MEAN_HEAD_RANGE))
+        if spec.kind == "linear":
+            self.logvar = SharedLogVariance(latent_dim)
+        else:
+            self.logvar = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(LOGVAR_HEAD_RANGE))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body((x - self.input_shift) / self.input_scale)
+        return self.mean(h), self.logvar(h)
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x | z) = prod_j Bernoulli(x_j; sigmoid(logit_j)); x in [0, 1] (grey levels allowed, as BCE)."""
+
+    @torch.no_grad()
+    def init_from_data_(self, x: torch.Tensor) -> torch.Tensor:
+        """Output bias that makes the decoder start at the data's marginal means: their logits."""
+        return torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3))
+
+    def log_prob(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        x = x.expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x | z) = N(x; G(z), c^2 I), with c fixed or learned (stored as log c)."""
+
+    def __init__(self, std: float | None = None, learn: bool = False) -> None:
+        super().__init__()
+        self._std_from_data = std is None and learn
+        log_std = torch.tensor(math.log(1.0 if std is None else std))
+        if learn:
+            self.log_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_std", log_std)
+
+    @torch.no_grad()
+    def init_from_data_(self, x: torch.Tensor) -> torch.Tensor:
+        """Output bias = the data mean; a learned c with no given start value starts at the pooled
+        feature standard deviation (the maximum-likelihood c when W = 0)."""
+        if self._std_from_data:
+            self.log_std.fill_(0.5 * x.var(0, unbiased=False).mean().clamp_min(1e-12).log().item())
+        return x.mean(0)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (2.0 * self.log_std).exp()
+
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        dim = x.shape[-1]
+        sq = (x - mean).square().sum(-1)
+        return -0.5 * (sq / self.variance + dim * (LOG_2PI + 2.0 * self.log_std))
+
+
+class VAE(nn.Module):
+    """Encoder, decoder network and likelihood; z has ``latent_dim`` coordinates."""
+
+    def __init__(self, encoder: GaussianEncoder, decoder: nn.Module, likelihood: nn.Module, latent_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q_phi(z | x), each (B, latent_dim)."""
+        return self.encoder(x)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p_theta(x | z) for x (B, D) and z (..., B, latent_dim); returns shape (..., B)."""
+        return self.likelihood.log_prob(x, self.decoder(z))
+
+    def exact_log_prob(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Exact log p_theta(x) per example where the model admits it in closed form, else None."""
+        return None
+
+    @torch.no_grad()
+    def init_from_data_(self, x: torch.Tensor) -> None:
+        """Data-dependent start: the decoder's output bias at the data's marginal (mean or logit-mean),
+        so optimisation spends no steps finding the data's location."""
+        self.decoder.out.bias.copy_(self.likelihood.init_from_data_(x))
+        self.encoder.input_shift.copy_(x.mean(0))
+        self.encoder.input_scale.copy_(x.std(0).clamp_min(1e-3))
+
+
+class Decoder(nn.Module):
+    """z -> decoder mean (Gaussian; soft-clipped for smooth networks) or logits (Bernoulli)."""
+
+    def __init__(self, latent_dim: int, data_dim: int, spec: NetworkSpec, likelihood: str) -> None:
+        super().__init__()
+        self.body, width = build_body(latent_dim, spec)
+        self.out = nn.Linear(width, data_dim)
+        self.clip = spec.head_clip(MEAN_HEAD_RANGE) if likelihood == "gaussian" else nn.Identity()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.clip(self.out(self.body(z)))

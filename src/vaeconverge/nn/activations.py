@@ -1,0 +1,31 @@
+"""Generalised soft-clipping (THEORY.md section 2): a smooth, bounded, 1-Lipschitz stand-in for ReLU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SoftClip(nn.Module):
+    """f_s(x) = softplus_s(x - s1) - softplus_s(x - s2) + s1, with softplus_s(u) = log(1 + e^{s u}) / s.
+
+    Values lie in (s1, s2); f' = sigmoid(s(x - s1)) - sigmoid(s(x - s2)) lies in (0, 1) and is
+    (s / 4)-Lipschitz, which is the smoothness the convergence theorems need and ReLU lacks.
+    """
+
+    def __init__(self, s: float = 5.0, s1: float = 0.0, s2: float = 50.0) -> None:
+        super().__init__()
+        if s <= 0:
+            raise ValueError(f"sharpness s must be positive, got {s}")
+        if not s1 < s2:
+            raise ValueError(f"need s1 < s2, got s1={s1}, s2={s2}")
+        self.s, self.s1, self.s2 = float(s), float(s1), float(s2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        upper = F.softplus(x - self.s1, beta=self.s)
+        lower = F.softplus(x - self.s2, beta=self.s)
+        return upper - lower + self.s1
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, s1={self.s1}, s2={self.s2}"

@@ -1,0 +1,73 @@
+"""What is optimised: per-example ELBO (K samples, KL weight beta) and the IWAE bound (K samples).
+
+An objective is a pure function of (model, batch, noise): the noise eps ~ N(0, I) of shape (K, B, latent)
+is drawn by the caller, so the same objective serves training, diagnostics and replicated runs.
+Values are per example and are to be *maximised*; the training loss is their negated mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .config import RunConfig
+from .models.vae import VAE, gaussian_kl, standard_normal_log_prob
+
+
+class Objective(Protocol):
+    """Per-example objective values, shape (B,), from a batch x (B, D) and noise eps (K, B, latent)."""
+
+    samples: int
+
+    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
+
+
+def draw_noise(
+    samples: int, batch: int, latent_dim: int, generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal reparameterisation noise of shape (K, B, latent)."""
+    return torch.randn(samples, batch, latent_dim, generator=generator, dtype=dtype)
+
+
+def _reparameterise(model: VAE, x: torch.Tensor, eps: torch.Tensor):
+    mean, logvar = model.encode(x)
+    return mean, logvar, mean + (0.5 * logvar).exp() * eps
+
+
+@dataclass(frozen=True)
+class ELBO:
+    """(1/K) sum_k log p(x | z_k) - beta KL(q(. | x) || N(0, I)), KL in closed form (beta = 1: the VAE)."""
+
+    samples: int = 1
+    beta: float = 1.0
+
+    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        mean, logvar, z = _reparameterise(model, x, eps)
+        return model.log_likelihood(x, z).mean(0) - self.beta * gaussian_kl(mean, logvar)
+
+
+@dataclass(frozen=True)
+class IWAE:
+    """log (1/K) sum_k p(x, z_k) / q(z_k | x): the importance-weighted bound itself, via logsumexp."""
+
+    samples: int = 1
+
+    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        mean, logvar, z = _reparameterise(model, x, eps)
+        # log q(z | x) with z = mean + std * eps is log N(eps; 0, I) - (1/2) sum log var.
+        log_q = standard_normal_log_prob(eps) - 0.5 * logvar.sum(-1)
+        log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+        return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])
+
+
+def build_objective(config: RunConfig) -> Objective:
+    """The objective named by ``config.objective``."""
+    if config.objective == "elbo":
+        return ELBO(samples=config.samples, beta=config.beta)
+    if config.objective == "iwae":
+        return IWAE(samples=config.samples)
+    raise ValueError(f"unknown objective {config.objective!r}")

@@ -1,0 +1,50 @@
+"""Optimizers from torch.optim and the step-size schedules the theory uses (gamma_n = lr * n^-alpha)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    momentum: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    """sgd, adam, amsgrad, rmsprop or adagrad, each the stock torch.optim implementation."""
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name in ("adam", "amsgrad"):
+        return torch.optim.Adam(params, lr=lr, betas=betas, amsgrad=name == "amsgrad")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def schedule_factor(name: str, power: float, batches_per_epoch: int):
+    """Multiplier of the base lr after ``n`` completed steps, so that step n + 1 uses lr * factor(n).
+
+    constant: 1.  sqrt: (n + 1)^-power, i.e. gamma_n = lr * n^-power for iterations n = 1, 2, ...
+    epoch-sqrt: (epoch + 1)^-power, fixed within an epoch, as in the paper's experiments.
+    """
+    if name == "constant":
+        return lambda n: 1.0
+    if name == "sqrt":
+        return lambda n: (n + 1) ** -power
+    if name == "epoch-sqrt":
+        return lambda n: (n // batches_per_epoch + 1) ** -power
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, name: str, power: float = 0.5, batches_per_epoch: int = 1
+) -> LambdaLR:
+    """A LambdaLR stepped once per iteration that realises the named schedule."""
+    return LambdaLR(optimizer, schedule_factor(name, power, batches_per_epoch))
