@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/vaeconverge train --data digits --model mlp --likelihood bernoulli --objective elbo \
-	    --samples 1 --beta 1 --batch-size 64 --optimizer adam --lr 1e-3 --schedule sqrt \
+	    --samples 1 --beta 1 --batch-size 64 --optimizer adam --lr 1e-3 --schedule epoch-sqrt \
 	    --steps 3000 --seed 0 --out runs/demo
 	@echo "demo: plot written to runs/demo/convergence.png"
 

@@ -45,7 +45,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--softclip-s1", type=float, default=d.softclip_s1, help="soft-clipping lower bound")
     g.add_argument("--softclip-s2", type=float, default=d.softclip_s2, help="soft-clipping upper bound")
     g.add_argument("--likelihood", choices=cfg.LIKELIHOODS, default=d.likelihood)
-    g.add_argument("--decoder-std", type=float, default=d.decoder_std, 
+    g.add_argument("--decoder-std", type=float, default=d.decoder_std,
                    help="gaussian: c (default 1); with --learn-variance its start (default: the data's std)")
     g.add_argument("--learn-variance", action="store_true", help="gaussian: learn c")
 
@@ -116,7 +116,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vaeconverge`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors, --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return args.handler(args)
     except ConfigError as exc:

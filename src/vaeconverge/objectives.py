@@ -57,7 +57,7 @@ class IWAE:
     samples: int = 1
 
     def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        mean, logvar, z = _reparameterise(model, x, eps)
+        _, logvar, z = _reparameterise(model, x, eps)
         # log q(z | x) with z = mean + std * eps is log N(eps; 0, I) - (1/2) sum log var.
         log_q = standard_normal_log_prob(eps) - 0.5 * logvar.sum(-1)
         log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q

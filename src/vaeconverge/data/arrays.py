@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -43,7 +44,17 @@ def _read(path: Path) -> np.ndarray:
                 if key in archive:
                     return archive[key]
             raise ValueError(f"holds arrays {keys}; name the data array one of {NPZ_KEYS}")
+    with path.open() as handle:
+        header = _is_header(handle.readline())
+    with warnings.catch_warnings():  # numpy warns on a file without rows; check_data reports it as empty
+        warnings.simplefilter("ignore", UserWarning)
+        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=int(header))
+
+
+def _is_header(line: str) -> bool:
+    """A first CSV line is a header when some field is not a number."""
     try:
-        return np.loadtxt(path, delimiter=",", ndmin=2)
+        [float(field) for field in line.split(",") if field.strip()]
     except ValueError:
-        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)  # a header row
+        return True
+    return False

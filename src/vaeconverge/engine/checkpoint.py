@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..models import VAE, build_vae
 
 
@@ -26,6 +26,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -71,10 +74,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path) -> tuple[VAE, RunConfig]:
     """Rebuild the trained model and its configuration from a checkpoint."""
     state = load_checkpoint(path)
-    config = RunConfig.from_dict(state["config"])
-    model = build_vae(config, state["data_dim"])
     try:
+        config = RunConfig.from_dict(state["config"]).validate()
+        model = build_vae(config, state["data_dim"])
         model.load_state_dict(state["model"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {exc}") from exc
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid recorded configuration ({exc})") from exc
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded configuration ({exc})") from exc
     return model, config

@@ -1,7 +1,7 @@
 """VAE models: a Gaussian encoder, a decoder with its likelihood, and the Linear VAE's closed forms."""
 
-from .linear import LinearVAE, PPCASolution, ppca_optimum
 from .build import build_vae
+from .linear import LinearVAE, PPCASolution, ppca_optimum
 from .vae import VAE, BernoulliLikelihood, GaussianEncoder, GaussianLikelihood, gaussian_kl
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import RunConfig
 from ..nn.networks import NetworkSpec
 from .linear import LinearVAE
-from .vae import VAE, BernoulliLikelihood, GaussianEncoder, GaussianLikelihood, Decoder
+from .vae import VAE, BernoulliLikelihood, Decoder, GaussianEncoder, GaussianLikelihood
 
 
 def network_spec(config: RunConfig) -> NetworkSpec:

@@ -23,9 +23,14 @@ class SoftClip(nn.Module):
         self.s, self.s1, self.s2 = float(s), float(s1), float(s2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        upper = F.softplus(x - self.s1, beta=self.s)
-        lower = F.softplus(x - self.s2, beta=self.s)
-        return upper - lower + self.s1
+        a1, a2 = self.s * (x - self.s1), self.s * (x - self.s2)
+        # softplus(a) = -logsigmoid(-a) = a - logsigmoid(a). Below the midpoint use the first form, above
+        # it the second, so that f - s1 (resp. s2 - f) is a difference of two *small* terms: no cancellation
+        # of large values, outputs stay inside [s1, s2] for any input, and f', f'' stay accurate in the
+        # tails. logsigmoid never overflows, so both branches and their gradients are finite everywhere.
+        low = self.s1 + (F.logsigmoid(-a2) - F.logsigmoid(-a1)) / self.s
+        high = self.s2 + (F.logsigmoid(a2) - F.logsigmoid(a1)) / self.s
+        return torch.where(a1 + a2 > 0, high, low)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, s1={self.s1}, s2={self.s2}"

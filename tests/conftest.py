@@ -1,0 +1,42 @@
+"""Shared fixtures: small Linear VAEs in float64 for closed-form oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaeconverge.config import RunConfig
+from vaeconverge.models import LinearVAE, build_vae
+
+
+def make_linear_vae(data_dim: int = 5, latent_dim: int = 2, seed: int = 0, learn_variance: bool = True,
+                    std: float = 0.7) -> LinearVAE:
+    """A float64 Linear VAE with random (non-optimal) encoder and decoder."""
+    torch.manual_seed(seed)
+    config = RunConfig(model="linear", likelihood="gaussian", latent_dim=latent_dim,
+                       learn_variance=learn_variance, decoder_std=std)
+    model = build_vae(config, data_dim).double()
+    assert isinstance(model, LinearVAE)
+    with torch.no_grad():
+        model.encoder.logvar.value.copy_(torch.randn(latent_dim, dtype=torch.float64) * 0.3 - 1.0)
+    return model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The suite's models are tiny: threads gain nothing, and on a busy machine they slow runs many-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def linear_vae() -> LinearVAE:
+    return make_linear_vae()
+
+
+@pytest.fixture
+def small_x() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(7, 5, generator=gen, dtype=torch.float64)
