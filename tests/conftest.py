@@ -17,8 +17,9 @@ def make_linear_vae(data_dim: int = 5, latent_dim: int = 2, seed: int = 0, learn
                        learn_variance=learn_variance, decoder_std=std)
     model = build_vae(config, data_dim).double()
     assert isinstance(model, LinearVAE)
-    with torch.no_grad():
-        model.encoder.logvar.value.copy_(torch.randn(latent_dim, dtype=torch.float64) * 0.3 - 1.0)
+    with torch.no_grad():  # a non-trivial shared encoder covariance
+        model.encoder.log_diag.copy_(torch.randn(latent_dim, dtype=torch.float64) * 0.3 - 1.0)
+        model.encoder.off_diag.copy_(torch.randn(model.encoder.off_diag.shape, dtype=torch.float64) * 0.2)
     return model
 
 

@@ -23,8 +23,8 @@ def test_mlp_parameter_count_follows_depth_and_width(depth) -> None:
     expected = body(d) + 2 * (h * k + k) + body(k) + (h * d + d)
     assert sum(p.numel() for p in model.parameters()) == expected
     x = torch.rand(4, d)
-    mean, logvar = model.encode(x)
-    assert mean.shape == logvar.shape == (4, k)
+    q = model.encode(x)
+    assert q.mean.shape == q.logvar.shape == (4, k)
     assert model.log_likelihood(x, torch.randn(6, 4, k)).shape == (6, 4)
 
 
@@ -62,8 +62,8 @@ def test_softclip_networks_clip_hidden_layers_and_heads() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e3)
-        mean, logvar = model.encode(torch.rand(16, 5) * 1e3)
-        assert mean.abs().max() <= 50 and logvar.abs().max() <= 20
+        q = model.encode(torch.rand(16, 5) * 1e3)
+        assert q.mean.abs().max() <= 50 and q.logvar.abs().max() <= 20
         assert model.decoder(torch.randn(16, 3) * 1e3).abs().max() <= 50
     assert not any(isinstance(m, SoftClip) for m in build_vae(mlp_config(), 5).modules())
 

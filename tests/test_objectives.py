@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conftest import make_linear_vae
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from vaeconverge.models import gaussian_kl
 from vaeconverge.objectives import ELBO, IWAE, draw_noise
@@ -28,6 +29,15 @@ def test_kl_closed_form_matches_monte_carlo() -> None:
     assert torch.allclose(gaussian_kl(mean.zero_(), logvar.zero_()), torch.zeros(3, dtype=torch.float64))
 
 
+def test_shared_cholesky_posterior_kl_and_density_match_torch_distributions(linear_vae, small_x) -> None:
+    q = linear_vae.encode(small_x)
+    full = MultivariateNormal(q.mean, scale_tril=q.scale_tril)
+    prior = MultivariateNormal(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(q.kl_to_prior(), kl_divergence(full, prior))
+    eps = noise(3, len(small_x), 2, 0)
+    torch.testing.assert_close(q.log_prob_of_sample(eps), full.log_prob(q.rsample(eps)))
+
+
 def test_monte_carlo_elbo_estimates_the_closed_form_elbo(linear_vae, small_x) -> None:
     beta = 0.6
     values = ELBO(samples=1, beta=beta)(linear_vae, small_x, noise(40_000, len(small_x), 2, 0))
@@ -42,13 +52,11 @@ def test_monte_carlo_elbo_estimates_the_closed_form_elbo(linear_vae, small_x) ->
 def test_elbo_is_below_log_likelihood_and_equal_at_the_exact_posterior(small_x) -> None:
     model = make_linear_vae()
     with torch.no_grad():
+        # standardised encoder inputs must not change the exact posterior
+        model.init_from_data_(small_x * 3 + 1)
         log_px = model.exact_log_prob(small_x)
         assert (model.exact_elbo(small_x) < log_px - 1e-6).all()
-        # Make W's columns orthogonal so that the exact posterior is diagonal, then use it as encoder.
-        q, _ = torch.linalg.qr(model.decoder.out.weight)
-        model.decoder.out.weight.copy_(q * torch.tensor([1.5, 0.4], dtype=torch.float64))
         model.set_exact_posterior_()
-        log_px = model.exact_log_prob(small_x)
         torch.testing.assert_close(model.exact_elbo(small_x), log_px, atol=1e-10, rtol=0)
         # With the exact posterior every importance weight equals p(x): IWAE is log p(x) draw by draw.
         torch.testing.assert_close(IWAE(5)(model, small_x, noise(5, len(small_x), 2, 3)), log_px,
@@ -73,7 +81,7 @@ def test_iwae_is_nondecreasing_in_k_and_below_log_likelihood(small_x) -> None:
         assert (means[k_index] >= means[k_index - 1] - tol).all()
     # And the gain is real: K = 100 is well above K = 1 and within reach of log p(x).
     assert (means[-1] - means[0] > 10 * ses[0]).all()
-    assert ((log_px - means[-1]) < (log_px - means[0]) / 3).all()
+    assert ((log_px - means[-1]) < 0.7 * (log_px - means[0])).all()
     # IWAE with K = 1 is an unbiased estimate of the ELBO.
     exact = model.exact_elbo(small_x).detach()
     assert ((means[0] - exact).abs() < 4 * ses[0]).all()
@@ -81,11 +89,11 @@ def test_iwae_is_nondecreasing_in_k_and_below_log_likelihood(small_x) -> None:
 
 def test_iwae_value_is_the_logsumexp_bound(linear_vae, small_x) -> None:
     eps = noise(4, len(small_x), 2, 7)
-    mean, logvar = linear_vae.encode(small_x)
-    z = mean + (0.5 * logvar).exp() * eps
-    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    posterior = linear_vae.encode(small_x)
+    z = posterior.mean + eps @ posterior.scale_tril.T
+    q = MultivariateNormal(posterior.mean, scale_tril=posterior.scale_tril)
     log_w = (linear_vae.log_likelihood(small_x, z)
-             + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
+             + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z))
     expected = torch.log(log_w.exp().mean(0))
     torch.testing.assert_close(IWAE(4)(linear_vae, small_x, eps), expected)
 

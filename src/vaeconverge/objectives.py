@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from .config import RunConfig
-from .models.vae import VAE, gaussian_kl, standard_normal_log_prob
+from .models.vae import VAE, standard_normal_log_prob
 
 
 class Objective(Protocol):
@@ -33,11 +33,6 @@ def draw_noise(
     return torch.randn(samples, batch, latent_dim, generator=generator, dtype=dtype)
 
 
-def _reparameterise(model: VAE, x: torch.Tensor, eps: torch.Tensor):
-    mean, logvar = model.encode(x)
-    return mean, logvar, mean + (0.5 * logvar).exp() * eps
-
-
 @dataclass(frozen=True)
 class ELBO:
     """(1/K) sum_k log p(x | z_k) - beta KL(q(. | x) || N(0, I)), KL in closed form (beta = 1: the VAE)."""
@@ -46,8 +41,8 @@ class ELBO:
     beta: float = 1.0
 
     def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        mean, logvar, z = _reparameterise(model, x, eps)
-        return model.log_likelihood(x, z).mean(0) - self.beta * gaussian_kl(mean, logvar)
+        q = model.encode(x)
+        return model.log_likelihood(x, q.rsample(eps)).mean(0) - self.beta * q.kl_to_prior()
 
 
 @dataclass(frozen=True)
@@ -57,10 +52,9 @@ class IWAE:
     samples: int = 1
 
     def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        _, logvar, z = _reparameterise(model, x, eps)
-        # log q(z | x) with z = mean + std * eps is log N(eps; 0, I) - (1/2) sum log var.
-        log_q = standard_normal_log_prob(eps) - 0.5 * logvar.sum(-1)
-        log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+        q = model.encode(x)
+        z = q.rsample(eps)
+        log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - q.log_prob_of_sample(eps)
         return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import RunConfig
 from ..nn.networks import NetworkSpec
 from .linear import LinearVAE
-from .vae import VAE, BernoulliLikelihood, Decoder, GaussianEncoder, GaussianLikelihood
+from .vae import VAE, BernoulliLikelihood, Decoder, GaussianEncoder, GaussianLikelihood, LinearEncoder
 
 
 def network_spec(config: RunConfig) -> NetworkSpec:
@@ -24,11 +24,15 @@ def network_spec(config: RunConfig) -> NetworkSpec:
 def build_vae(config: RunConfig, data_dim: int) -> VAE:
     """A VAE for D = ``data_dim``; the linear-Gaussian case is a :class:`LinearVAE` with closed forms."""
     spec = network_spec(config)
-    encoder = GaussianEncoder(data_dim, config.latent_dim, spec)
+    linear_gaussian = config.model == "linear" and config.likelihood == "gaussian"
+    if linear_gaussian:
+        encoder = LinearEncoder(data_dim, config.latent_dim)
+    else:
+        encoder = GaussianEncoder(data_dim, config.latent_dim, spec)
     decoder = Decoder(config.latent_dim, data_dim, spec, config.likelihood)
     if config.likelihood == "gaussian":
         likelihood = GaussianLikelihood(config.decoder_std, learn=config.learn_variance)
     else:
         likelihood = BernoulliLikelihood()
-    cls = LinearVAE if config.model == "linear" and config.likelihood == "gaussian" else VAE
+    cls = LinearVAE if linear_gaussian else VAE
     return cls(encoder, decoder, likelihood, config.latent_dim)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributions import MultivariateNormal
 
-from .vae import VAE, gaussian_kl
+from .vae import VAE, LinearEncoder
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ def ppca_optimum(x: torch.Tensor, latent_dim: int, noise_var: float | None = Non
 class LinearVAE(VAE):
     """VAE with linear encoder and decoder and a Gaussian likelihood: log p(x) and the ELBO in closed form."""
 
+    encoder: LinearEncoder
+
     def marginal(self) -> MultivariateNormal:
         """p_theta(x) = N(b, W W^T + c^2 I)."""
         weight, bias = self.decoder.out.weight, self.decoder.out.bias
@@ -66,27 +68,26 @@ class LinearVAE(VAE):
     def exact_elbo(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """E_q[log p(x | z)] - beta KL(q || N(0, I)) per example, the expectation taken in closed form."""
         weight, bias = self.decoder.out.weight, self.decoder.out.bias
-        mean, logvar = self.encode(x)
+        q = self.encode(x)
         var_c = self.likelihood.variance
-        residual = (x - mean @ weight.T - bias).square().sum(-1)
-        trace = (weight.square() * logvar.exp().unsqueeze(-2)).sum((-2, -1))
+        # E_q ||x - W z - b||^2 = ||x - W m - b||^2 + tr(W L L^T W^T)
+        residual = (x - q.mean @ weight.T - bias).square().sum(-1)
+        trace = (weight @ q.scale_tril).square().sum()
         dim = x.shape[-1]
         expected_log_lik = -0.5 * ((residual + trace) / var_c + dim * (math.log(2 * math.pi) + var_c.log()))
-        return expected_log_lik - beta * gaussian_kl(mean, logvar)
+        return expected_log_lik - beta * q.kl_to_prior()
 
     @torch.no_grad()
     def set_exact_posterior_(self) -> None:
-        """Set the encoder to the exact posterior N(M^-1 W^T (x - b), c^2 M^-1), M = W^T W + c^2 I.
-
-        Exact only when M is diagonal (W has orthogonal columns, as at the pPCA optimum); otherwise
-        this keeps the posterior mean and the diagonal of the covariance.
-        """
+        """Set the encoder to the exact posterior N(M^-1 W^T (x - b), c^2 M^-1), M = W^T W + c^2 I,
+        after which the ELBO equals log p(x) for every x."""
         weight, bias = self.decoder.out.weight, self.decoder.out.bias
         var_c = self.likelihood.variance
-        m = weight.T @ weight + var_c * torch.eye(weight.shape[1], dtype=weight.dtype)
-        m_inv = torch.linalg.inv(m)
+        m_inv = torch.linalg.inv(weight.T @ weight + var_c * torch.eye(weight.shape[1], dtype=weight.dtype))
         proj = m_inv @ weight.T
-        mean_layer = self.encoder.mean[0]
-        mean_layer.weight.copy_(proj)
-        mean_layer.bias.copy_(-proj @ bias)
-        self.encoder.logvar.value.copy_((var_c * m_inv.diagonal()).log())
+        encoder = self.encoder  # its mean acts on standardised inputs (x - shift) / scale
+        encoder.mean.weight.copy_(proj * encoder.input_scale)
+        encoder.mean.bias.copy_(proj @ (encoder.input_shift - bias))
+        tril = torch.linalg.cholesky(var_c * m_inv)
+        encoder.log_diag.copy_(tril.diagonal().log())
+        encoder.off_diag.copy_(tril[encoder.tril_index[0], encoder.tril_index[1]])

@@ -6,6 +6,7 @@ The model only says what the distributions are; what is optimised lives in ``obj
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,38 +27,95 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.square() + LOG_2PI).sum(-1)
 
 
-class SharedLogVariance(nn.Module):
-    """A log-variance that does not depend on x: the Linear VAE's diagonal encoder covariance."""
+@dataclass(frozen=True)
+class DiagonalGaussian:
+    """q(z | x) = N(mean, diag e^logvar) for a batch: reparameterised samples, their density, KL to the prior."""
 
-    def __init__(self, latent_dim: int) -> None:
-        super().__init__()
-        self.value = nn.Parameter(torch.zeros(latent_dim))
+    mean: torch.Tensor
+    logvar: torch.Tensor
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.value.expand(*h.shape[:-1], -1)
+    def rsample(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = mean + sigma * eps for noise eps of shape (K, B, latent)."""
+        return self.mean + (0.5 * self.logvar).exp() * eps
+
+    def log_prob_of_sample(self, eps: torch.Tensor) -> torch.Tensor:
+        """log q(z | x) at z = rsample(eps): log N(eps; 0, I) - (1/2) sum log var."""
+        return standard_normal_log_prob(eps) - 0.5 * self.logvar.sum(-1)
+
+    def kl_to_prior(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per example, in closed form."""
+        return gaussian_kl(self.mean, self.logvar)
 
 
-class GaussianEncoder(nn.Module):
-    """x -> (mean, log-variance) of a diagonal Gaussian q_phi(z | x).
+@dataclass(frozen=True)
+class SharedCholeskyGaussian:
+    """q(z | x) = N(mean(x), L L^T) with one lower-triangular L (positive diagonal) shared by all x."""
 
-    The linear model has mean V x + e and one diagonal covariance shared by all x, as in the Linear VAE
-    of the theory (whose optimum is probabilistic PCA); networks have a log-variance head of their own.
-    """
+    mean: torch.Tensor
+    scale_tril: torch.Tensor
 
-    def __init__(self, data_dim: int, latent_dim: int, spec: NetworkSpec) -> None:
+    def rsample(self, eps: torch.Tensor) -> torch.Tensor:
+        return self.mean + eps @ self.scale_tril.T
+
+    def log_prob_of_sample(self, eps: torch.Tensor) -> torch.Tensor:
+        return standard_normal_log_prob(eps) - self.scale_tril.diagonal().log().sum()
+
+    def kl_to_prior(self) -> torch.Tensor:
+        # KL = (1/2) (||mean||^2 + tr(L L^T) - d - log det L L^T)
+        tril = self.scale_tril
+        const = 0.5 * (tril.square().sum() - tril.shape[0]) - tril.diagonal().log().sum()
+        return 0.5 * self.mean.square().sum(-1) + const
+
+
+class Encoder(nn.Module):
+    """Base of the encoders: inputs are standardised by fixed per-feature statistics (set by
+    ``VAE.init_from_data_``), a reparameterisation of the first affine layer that changes conditioning,
+    not the model family."""
+
+    def __init__(self, data_dim: int) -> None:
         super().__init__()
         self.register_buffer("input_shift", torch.zeros(data_dim))
         self.register_buffer("input_scale", torch.ones(data_dim))
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_shift) / self.input_scale
+
+
+class GaussianEncoder(Encoder):
+    """x -> diagonal Gaussian q_phi(z | x) = N(mu(x), diag sigma^2(x)): a body, a mean head, a log-variance head."""
+
+    def __init__(self, data_dim: int, latent_dim: int, spec: NetworkSpec) -> None:
+        super().__init__(data_dim)
         self.body, width = build_body(data_dim, spec)
         self.mean = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(MEAN_HEAD_RANGE))
-        if spec.kind == "linear":
-            self.logvar = SharedLogVariance(latent_dim)
-        else:
-            self.logvar = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(LOGVAR_HEAD_RANGE))
+        self.logvar = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(LOGVAR_HEAD_RANGE))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body((x - self.input_shift) / self.input_scale)
-        return self.mean(h), self.logvar(h)
+    def forward(self, x: torch.Tensor) -> DiagonalGaussian:
+        h = self.body(self.standardise(x))
+        return DiagonalGaussian(self.mean(h), self.logvar(h))
+
+
+class LinearEncoder(Encoder):
+    """The Linear VAE's encoder: mean V x + e and one covariance L L^T shared by all x.
+
+    The covariance is full (Cholesky, log-parameterised diagonal) rather than the theory's diagonal: it
+    contains the diagonal case, and it makes the ELBO equal log p(x) at the optimal encoder for *every*
+    decoder W, which removes the slow rotational mode a diagonal covariance puts on the way to pPCA.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int) -> None:
+        super().__init__(data_dim)
+        self.mean = nn.Linear(data_dim, latent_dim)
+        self.log_diag = nn.Parameter(torch.zeros(latent_dim))
+        self.off_diag = nn.Parameter(torch.zeros(latent_dim * (latent_dim - 1) // 2))
+        self.register_buffer("tril_index", torch.tril_indices(latent_dim, latent_dim, -1), persistent=False)
+
+    def scale_tril(self) -> torch.Tensor:
+        tril = torch.diag(self.log_diag.exp())
+        return tril.index_put((self.tril_index[0], self.tril_index[1]), self.off_diag)
+
+    def forward(self, x: torch.Tensor) -> SharedCholeskyGaussian:
+        return SharedCholeskyGaussian(self.mean(self.standardise(x)), self.scale_tril())
 
 
 class BernoulliLikelihood(nn.Module):
@@ -106,15 +164,15 @@ class GaussianLikelihood(nn.Module):
 class VAE(nn.Module):
     """Encoder, decoder network and likelihood; z has ``latent_dim`` coordinates."""
 
-    def __init__(self, encoder: GaussianEncoder, decoder: nn.Module, likelihood: nn.Module, latent_dim: int):
+    def __init__(self, encoder: Encoder, decoder: nn.Module, likelihood: nn.Module, latent_dim: int):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
         self.latent_dim = latent_dim
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q_phi(z | x), each (B, latent_dim)."""
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian | SharedCholeskyGaussian:
+        """The approximate posterior q_phi(z | x) of a batch x (B, D)."""
         return self.encoder(x)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
