@@ -23,6 +23,7 @@ PROBLEMS = [(2000, 10, 2, 0.3, 1.0), (1000, 30, 5, 1.0, 3.0), (5000, 50, 4, 0.5,
 SETTINGS = [
     {"optimizer": "adam", "lr": 1e-3},
     {"optimizer": "adam", "lr": 1e-2},
+    {"optimizer": "adam", "lr": 1e-2, "batch_size": 512},
     {"optimizer": "adam", "lr": 1e-2, "schedule": "epoch-sqrt"},
     {"optimizer": "adam", "lr": 3e-2, "schedule": "sqrt"},
 ]
