@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +68,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
 
     g = p.add_argument_group("diagnostics and output")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between full-gradient evaluations")
+    g.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="steps between full-gradient evaluations (default: --eval-points log-spaced checkpoints)")
+    g.add_argument("--eval-points", type=int, default=d.eval_points, help="number of log-spaced checkpoints")
+    g.add_argument("--no-constants", dest="constants", action="store_false",
+                   help="skip estimating L, sigma^2 and R (and hence the bound)")
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="Monte Carlo draws of the full-objective gradient")
     g.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory")
@@ -75,10 +80,50 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_train)
 
 
+def _bound_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bound", help="the convergence bound of a finished run, or computed from given constants",
+                       description="With --from RUN_DIR: the bound for that run with its estimated constants, its "
+                                   "random iterate and rate, and convergence.png redrawn with the bound. Without: "
+                                   "a calculator of the bound from --L, --sigma2, --delta, --lr and --steps.")
+    p.add_argument("--from", dest="run_dir", type=Path, help="a directory written by vaeconverge train")
+    p.add_argument("--compare", type=Path, metavar="RUN_DIR",
+                   help="with --from: a run at another (B, K); predicted and measured noise change side by side")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    g = p.add_argument_group("calculator (without --from)")
+    g.add_argument("--L", type=float, help="smoothness constant")
+    g.add_argument("--sigma2", type=float, help="gradient noise variance at the run's (B, K)")
+    g.add_argument("--sigma2-x", type=float, help="between-example variance (with --sigma2-eps, instead of --sigma2)")
+    g.add_argument("--sigma2-eps", type=float, help="single-sample Monte Carlo variance")
+    g.add_argument("--delta", type=float, help="objective at the start minus its infimum")
+    g.add_argument("--lr", type=float, help="base step size")
+    g.add_argument("--steps", type=int, help="iterations n")
+    g.add_argument("--batch-size", type=int, default=1, help="B (scales --sigma2-x, --sigma2-eps)")
+    g.add_argument("--samples", type=int, default=1, help="K (scales --sigma2-eps)")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adagrad"), default="sgd")
+    g.add_argument("--schedule", choices=("constant", "sqrt"), default="sqrt")
+    g.add_argument("--schedule-power", type=float, default=0.5)
+    g.add_argument("--R", type=float, help="adam/adagrad: bound on the gradients' coordinates")
+    g.add_argument("--d", type=int, help="adam/adagrad: number of parameters")
+    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
+    p.set_defaults(handler=_run_bound)
+
+
+def _run_bound(args: argparse.Namespace) -> int:
+    from .theory.run_bound import bound_calculator, bound_from_run, format_report
+
+    try:
+        report = bound_from_run(args.run_dir, args.compare) if args.run_dir else bound_calculator(args)
+    except FileNotFoundError as exc:
+        raise ConfigError("--from" if args.run_dir else "--compare", str(exc)) from exc
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeconverge", description="Train VAEs with convergence guarantees you can see.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
+    _bound_parser(sub)
     return parser
 
 

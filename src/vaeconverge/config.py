@@ -70,8 +70,10 @@ class RunConfig:
     steps: int = 3000
     seed: int = 0
     # diagnostics
-    eval_every: int = 100
+    eval_every: int | None = None  # None: ``eval_points`` checkpoints spaced logarithmically
+    eval_points: int = 40
     eval_samples: int = 4
+    constants: bool = True  # estimate L, sigma^2, R at the start, middle and end of the run
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
@@ -88,13 +90,15 @@ class RunConfig:
             ("--samples", self.samples),
             ("--batch-size", self.batch_size),
             ("--steps", self.steps),
-            ("--eval-every", self.eval_every),
+            ("--eval-points", self.eval_points),
             ("--eval-samples", self.eval_samples),
             ("--n-samples", self.synthetic.n_samples),
             ("--data-dim", self.synthetic.data_dim),
             ("--true-latent-dim", self.synthetic.latent_dim),
         ):
             _positive(option, value)
+        if self.eval_every is not None:
+            _positive("--eval-every", self.eval_every)
         _positive("--lr", self.lr)
         if self.decoder_std is not None:
             _positive("--decoder-std", self.decoder_std)

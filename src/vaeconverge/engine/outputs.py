@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
-from ..report.figures import plot_convergence
+from ..report.figures import plot_run
 from .checkpoint import atomic_write, save_checkpoint
 from .train import METRIC_COLUMNS, TrainResult
 
@@ -24,9 +25,19 @@ def write_run(out_dir: str | Path, result: TrainResult) -> Path:
 
     atomic_write(out / "metrics.csv", write_metrics)
     atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(result.summary, indent=2) + "\n"))
-    title = f"{result.config.model} VAE, {result.config.objective} (K={result.config.samples}), " \
-            f"{result.config.optimizer}, B={result.config.batch_size}"
-    atomic_write(out / "convergence.png", lambda tmp: plot_convergence(result.metrics, tmp, title))
+    atomic_write(out / "convergence.png", lambda tmp: plot_run(result.metrics, result.summary, tmp))
     save_checkpoint(out / "checkpoint.pt", result.model, result.optimizer, result.scheduler, result.config,
                     result.summary["steps"], result.dataset.x.shape[1])
     return out
+
+
+def read_run(run_dir: str | Path) -> tuple[list[dict[str, float]], dict]:
+    """The metrics rows (floats; empty cells as NaN) and the summary of a run directory."""
+    run = Path(run_dir)
+    for name in ("metrics.csv", "summary.json"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run}: not a run directory (no {name})")
+    with (run / "metrics.csv").open(newline="") as handle:
+        metrics = [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+                   for row in csv.DictReader(handle)]
+    return metrics, json.loads((run / "summary.json").read_text())

@@ -7,15 +7,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data import Dataset, PermutationBatches
-from ..diagnostics import GradientNormTracker, full_objective_gradient
+from ..diagnostics import GradientNoise, GradientNormTracker, full_objective_gradient, gradient_noise, smoothness
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..objectives import Objective, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule
+from ..theory.assessment import Constants, assess
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
 # often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
@@ -30,8 +32,18 @@ METRIC_COLUMNS = (
     "batch_grad_sq_norm",
     "paper_proxy",
     "log_likelihood",
+    "bound",
     "seconds",
 )
+
+
+def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[int]:
+    """Checkpoints: 0, every ``every`` steps if given, else ``points`` log-spaced steps; always the last."""
+    if every is not None:
+        grid = range(0, steps + 1, every)
+    else:
+        grid = np.unique(np.round(np.geomspace(1, steps, points)).astype(int)).tolist()
+    return frozenset({0, steps, *grid})
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,11 +78,19 @@ class _Evaluator:
     def __call__(self) -> dict[str, float]:
         generator = torch.Generator().manual_seed(self.seed)
         full = full_objective_gradient(self.model, self.objective, self.x, self.eval_samples, generator)
-        row = {"objective": full.objective, "grad_sq_norm": full.grad_sq_norm}
-        with torch.no_grad():
-            exact = self.model.exact_log_prob(self.x)
-        row["log_likelihood"] = float("nan") if exact is None else exact.mean().item()
+        row = {"objective": full.objective, "grad_sq_norm": full.grad_sq_norm, "log_likelihood": math.nan}
+        if math.isfinite(full.objective):  # a diverged model has no usable closed forms
+            with torch.no_grad():
+                exact = self.model.exact_log_prob(self.x)
+            if exact is not None:
+                row["log_likelihood"] = exact.mean().item()
         return row
+
+    def probe_constants(self, step: int, batch_size: int) -> tuple[float, GradientNoise]:
+        """Smoothness and gradient noise at the current parameters (their own seeded stream)."""
+        generator = torch.Generator().manual_seed(self.seed + 1 + step)
+        return (smoothness(self.model, self.objective, self.x, generator),
+                gradient_noise(self.model, self.objective, self.x, batch_size, generator))
 
 
 def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
@@ -93,6 +113,9 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     tracker = GradientNormTracker(len(x), sum(p.numel() for p in params), config.batch_size)
     evaluate = _Evaluator(model, objective, dataset, config)
     result = TrainResult(config, dataset, model, optimizer, scheduler)
+    eval_steps = evaluation_steps(config.steps, config.eval_every, config.eval_points)
+    probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
+    probes: list[tuple[float, GradientNoise]] = []
 
     start = time.perf_counter()
 
@@ -100,10 +123,13 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
         row = {"step": step, "epoch": max(batches.epoch, 0), "lr": lr, **evaluate()}
         row["batch_grad_sq_norm"] = tracker.read_window()
         row["paper_proxy"] = tracker.paper_proxy
-        row["seconds"] = time.perf_counter() - start
+        row["bound"] = math.nan
         result.metrics.append(row)
         if not math.isfinite(row["objective"]):
             raise TrainingDiverged(step)
+        if step in probe_steps:
+            probes.append(evaluate.probe_constants(step, config.batch_size))
+        row["seconds"] = time.perf_counter() - start
         return row
 
     record(0, optimizer.param_groups[0]["lr"])
@@ -122,7 +148,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
             scheduler.step()
             if batches.epoch_finished:
                 tracker.end_epoch()
-            if step % config.eval_every == 0 or step == config.steps:
+            if step in eval_steps:
                 row = record(step, lr)
                 bar.set_postfix(objective=f"{row['objective']:.4g}", grad_sq=f"{row['grad_sq_norm']:.3g}")
             bar.update()
@@ -133,9 +159,43 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     finally:
         bar.close()
 
+    constants = _constants(result, probes, batches.batches_per_epoch) if probes else None
     result.summary = _summary(result, steps=result.metrics[-1]["step"], interrupted=interrupted,
                               seconds=time.perf_counter() - start)
+    result.summary["constants"] = None if constants is None else constants.to_dict()
+    result.summary.update(assess(config, result.metrics, constants, batches.batches_per_epoch))
     return result
+
+
+def _constants(result: TrainResult, probes: list[tuple[float, GradientNoise]], batches_per_epoch: int) -> Constants:
+    """The largest L and noise seen along the trajectory, and delta against the best objective known."""
+    config, metrics = result.config, result.metrics
+    best, reference = min(row["objective"] for row in metrics), "lowest objective measured"
+    exact_optimum = config.objective == "iwae" or config.beta == 1.0  # then min -objective = -max log p(x)
+    if isinstance(result.model, LinearVAE) and exact_optimum:
+        ppca = _ppca_log_likelihood(result)
+        if ppca is not None:
+            best, reference = -ppca, "closed-form pPCA optimum"
+    return Constants(
+        L=max(L for L, _ in probes),
+        sigma2_x=max(noise.sigma2_x for _, noise in probes),
+        sigma2_eps=max(noise.sigma2_eps for _, noise in probes),
+        R=max(noise.R for _, noise in probes),
+        delta=max(metrics[0]["objective"] - best, 0.0),
+        d=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        batch_size=config.batch_size,
+        samples=config.samples,
+        delta_reference=reference,
+    )
+
+
+def _ppca_log_likelihood(result: TrainResult) -> float | None:
+    """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate)."""
+    fixed = None if result.config.learn_variance else result.model.likelihood.variance.item()
+    try:
+        return ppca_optimum(result.dataset.x, result.config.latent_dim, fixed).log_likelihood
+    except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
+        return None
 
 
 def _summary(result: TrainResult, steps: int, interrupted: bool, seconds: float) -> dict[str, Any]:
@@ -158,11 +218,7 @@ def _summary(result: TrainResult, steps: int, interrupted: bool, seconds: float)
         "torch": torch.__version__,
     }
     if isinstance(result.model, LinearVAE):
-        fixed = None if result.config.learn_variance else result.model.likelihood.variance.item()
-        try:
-            summary["ppca_log_likelihood"] = ppca_optimum(x, result.config.latent_dim, fixed).log_likelihood
-        except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
-            summary["ppca_log_likelihood"] = None
+        summary["ppca_log_likelihood"] = _ppca_log_likelihood(result)
     return summary
 
 

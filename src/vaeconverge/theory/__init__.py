@@ -1,0 +1,39 @@
+"""Convergence theory: explicit bounds (``bounds``) and a finished run held against them (``assessment``)."""
+
+from .bounds import (
+    Allocation,
+    adagrad_bound,
+    adam_bound,
+    adam_epsilon_defossez,
+    best_allocation,
+    fit_shape,
+    ghadimi_lan,
+    ghadimi_lan_curve,
+    iwae_basis,
+    noise_variance,
+    predict_noise_ratio,
+    sgd_constant_bound,
+    sgd_constant_step,
+    sgd_decreasing_bound,
+    shape_curve,
+    vae_adam_basis,
+)
+
+__all__ = [
+    "Allocation",
+    "adagrad_bound",
+    "adam_bound",
+    "adam_epsilon_defossez",
+    "best_allocation",
+    "fit_shape",
+    "ghadimi_lan",
+    "ghadimi_lan_curve",
+    "iwae_basis",
+    "noise_variance",
+    "predict_noise_ratio",
+    "sgd_constant_bound",
+    "sgd_constant_step",
+    "sgd_decreasing_bound",
+    "shape_curve",
+    "vae_adam_basis",
+]

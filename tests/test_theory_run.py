@@ -1,0 +1,137 @@
+"""A run held against the theory: random iterate, rate, the Ghadimi-Lan bound over seeds, and `vaeconverge bound`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vaeconverge.cli import main
+from vaeconverge.config import RunConfig, SyntheticConfig
+from vaeconverge.data import load_dataset
+from vaeconverge.diagnostics import fit_rate, random_iterate, slope_interval, smoothness
+from vaeconverge.diagnostics.random_iterate import checkpoint_weights
+from vaeconverge.engine import train, write_run
+from vaeconverge.models import build_vae
+from vaeconverge.objectives import build_objective
+
+
+def test_checkpoint_weights_sum_step_sizes_over_nearest_iterates() -> None:
+    # iterates 0..5; checkpoints 0, 2, 5 own {0, 1}, {2, 3}, {4, 5}
+    weights = checkpoint_weights([0, 2, 5], [1.0, 0.5, 0.4, 0.3, 0.2, 0.1])
+    np.testing.assert_allclose(weights, [1.5, 0.7, 0.3])
+    stats = random_iterate([0, 2, 5], [3.0, 2.0, 1.0], [1.0, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert stats.step_weighted_mean == pytest.approx((1.5 * 3 + 0.7 * 2 + 0.3 * 1) / 2.5)
+    assert stats.uniform_mean == pytest.approx(2.0)
+    assert stats.running_min == 1.0
+    assert stats.draw_step in (0, 2, 5) and stats.draw_value == {0: 3.0, 2: 2.0, 5: 1.0}[stats.draw_step]
+
+
+def test_random_draws_follow_the_step_sizes() -> None:
+    gammas = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # only iterates 0 and 5 carry weight
+    draws = {random_iterate([0, 2, 5], [3.0, 2.0, 1.0], gammas, seed=s).draw_step for s in range(50)}
+    assert draws == {0, 5}
+
+
+def test_rate_fit_recovers_a_known_power_law() -> None:
+    steps = np.unique(np.geomspace(1, 10_000, 60).astype(int))
+    fit = fit_rate([0, *steps], [1.0, *(3.0 * steps**-0.5)])
+    assert fit.slope == pytest.approx(-0.5, abs=1e-9)
+    assert "noise-dominated" in fit.regime
+    assert fit.first_step >= 5000
+    noisy = 3.0 * steps**-1.0 * np.exp(np.random.default_rng(0).normal(0, 0.02, len(steps)))
+    assert fit_rate(steps, noisy).slope == pytest.approx(-1.0, abs=0.1)
+    mean, low, high = slope_interval([-0.4, -0.5, -0.6])
+    assert mean == pytest.approx(-0.5) and low < -0.5 < high
+
+
+@pytest.fixture(scope="module")
+def sgd_runs():
+    """Linear VAE, SGD with gamma_k = C / sqrt(k), C = 0.3 / L at the start (L grows on the way), B = K = 1, 8 seeds."""
+    base = RunConfig(
+        data="synthetic-linear", synthetic=SyntheticConfig(n_samples=500, data_dim=5, latent_dim=2, noise_std=1.0),
+        model="linear", likelihood="gaussian", decoder_std=1.0, latent_dim=2, optimizer="sgd", schedule="sqrt",
+        batch_size=1, steps=3000, eval_every=25,
+    )
+    data = load_dataset(base)
+    torch.manual_seed(base.seed)
+    model = build_vae(base, data.x.shape[1])
+    model.init_from_data_(data.x)
+    start_l = smoothness(model, build_objective(base), data.x, torch.Generator().manual_seed(0))
+    config = dataclasses.replace(base, lr=0.3 / start_l)
+    return [train(dataclasses.replace(config, seed=seed), data, progress=False) for seed in range(8)]
+
+
+def test_ghadimi_lan_bound_lies_above_the_measured_mean_and_the_rate_is_about_minus_half(sgd_runs) -> None:
+    for run in sgd_runs:
+        c = run.summary["constants"]
+        assert run.config.lr <= 1 / c["L"]  # C_gamma <= 1/L along the whole trajectory
+        assert c["delta_reference"] == "closed-form pPCA optimum"
+        assert run.summary["bound"]["name"] == "ghadimi-lan" and run.summary["bound"]["holds"]
+    measured = np.mean([[row["grad_sq_norm"] for row in run.metrics] for run in sgd_runs], axis=0)
+    bounds = np.array([[row["bound"] for row in run.metrics] for run in sgd_runs])
+    assert np.all(bounds[:, 1:].min(axis=0) > measured[1:])  # every checkpoint after the start
+    # Each seed's slope of log(running min) over the second half; their mean, with a t-interval over seeds.
+    # Single seeds scatter widely (a running minimum either stays put or drops), so only the mean is tested.
+    mean, low, high = slope_interval([run.summary["rate_slope"] for run in sgd_runs])
+    assert -0.75 <= mean <= -0.35, (mean, low, high)
+
+
+def test_summary_and_bound_command_agree(sgd_runs, tmp_path, capsys) -> None:
+    run_dir = write_run(tmp_path / "run", sgd_runs[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("constants", "rate_slope", "random_iterate", "bound"):
+        assert summary[key] is not None
+    before = (run_dir / "convergence.png").read_bytes()
+    (run_dir / "convergence.png").unlink()
+    assert main(["bound", "--from", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bound"]["value"] == pytest.approx(summary["bound"]["value"])
+    assert report["random_iterate"] == summary["random_iterate"]
+    assert (run_dir / "convergence.png").read_bytes()[:8] == before[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["bound", "--from", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "ghadimi-lan" in text and "smallest at B =" in text
+
+
+def test_doubling_b_predicts_and_measures_the_noise_change(sgd_runs, tmp_path, capsys) -> None:
+    first = write_run(tmp_path / "b1", sgd_runs[0])
+    doubled = train(dataclasses.replace(sgd_runs[0].config, batch_size=2), sgd_runs[0].dataset, progress=False)
+    second = write_run(tmp_path / "b2", doubled)
+    assert main(["bound", "--from", str(first), "--compare", str(second), "--json"]) == 0
+    comparison = json.loads(capsys.readouterr().out)["comparison"]
+    assert comparison["predicted_noise_ratio"] == pytest.approx(0.5, rel=1e-9)
+    assert 0.3 < comparison["measured_sigma2_ratio"] < 0.8
+    assert math.isfinite(comparison["measured_floor_ratio"])
+
+
+def test_calculator_matches_the_closed_form(capsys) -> None:
+    # L = 2, sigma2 = 1, delta = 3, gamma_k = 0.5 / sqrt(k), n = 3: the general bound and THEORY's closed form
+    assert main(["bound", "--L", "2", "--sigma2", "1", "--delta", "3", "--lr", "0.5", "--steps", "3", "--json"]) == 0
+    bound = json.loads(capsys.readouterr().out)["bound"]
+    gammas = 0.5 / np.sqrt([1, 2, 3])
+    expected = (2 * 3 + 2 * 1 * np.sum(gammas**2)) / np.sum(2 * gammas - 2 * gammas**2)
+    assert bound["value"] == pytest.approx(expected)
+    closed = (2 * 3 + 2 * 1 * 0.25 * (1 + math.log(3))) / (2 * 0.5 * (math.sqrt(4) - 1))
+    assert bound["closed_form_value"] == pytest.approx(closed)
+    assert bound["closed_form_value"] >= bound["value"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--sigma2", "1", "--delta", "3", "--lr", "0.5", "--steps", "3"], "--L"),
+        (["--L", "2", "--delta", "3", "--lr", "0.5", "--steps", "3"], "--sigma2"),
+        (["--L", "2", "--sigma2", "1", "--delta", "3", "--lr", "0.5", "--steps", "3", "--optimizer", "adam"], "--R"),
+        (["--L", "-2", "--sigma2", "1", "--delta", "3", "--lr", "0.5", "--steps", "3"], "L"),
+        (["--from", "/nonexistent/run"], "--from"),
+    ],
+)
+def test_bound_errors_name_the_option(argv, flag, capsys) -> None:
+    assert main(["bound", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err
