@@ -84,7 +84,7 @@ def test_ghadimi_lan_bound_lies_above_the_measured_mean_and_the_rate_is_about_mi
 def test_summary_and_bound_command_agree(sgd_runs, tmp_path, capsys) -> None:
     run_dir = write_run(tmp_path / "run", sgd_runs[0])
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ("constants", "rate_slope", "random_iterate", "bound"):
+    for key in ("constants", "rate_slope", "random_iterate", "bound", "paper_shape"):
         assert summary[key] is not None
     before = (run_dir / "convergence.png").read_bytes()
     (run_dir / "convergence.png").unlink()
@@ -105,7 +105,7 @@ def test_doubling_b_predicts_and_measures_the_noise_change(sgd_runs, tmp_path, c
     assert main(["bound", "--from", str(first), "--compare", str(second), "--json"]) == 0
     comparison = json.loads(capsys.readouterr().out)["comparison"]
     assert comparison["predicted_noise_ratio"] == pytest.approx(0.5, rel=1e-9)
-    assert 0.3 < comparison["measured_sigma2_ratio"] < 0.8
+    assert 0.3 < comparison["measured_noise_ratio"] < 0.8
     assert math.isfinite(comparison["measured_floor_ratio"])
 
 

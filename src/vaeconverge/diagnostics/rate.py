@@ -61,9 +61,9 @@ def slope_interval(slopes: Sequence[float], level: float = 0.95) -> tuple[float,
     return mean, mean - half, mean + half
 
 
-def noise_floor(steps: Sequence[int], values: Sequence[float], tail: float = 0.25) -> float:
-    """Mean squared gradient norm over the checkpoints in the last ``tail`` fraction of the run: the level
-    a constant-step run settles at, which the bounds' noise term sets."""
+def tail_mean(steps: Sequence[int], values: Sequence[float], tail: float = 0.25) -> float:
+    """Mean of ``values`` over the checkpoints in the last ``tail`` fraction of the run (NaNs ignored): the
+    level a run has settled at, such as the noise floor of the squared gradient norm."""
     steps = np.asarray(steps, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    return float(values[steps >= (1 - tail) * steps[-1]].mean())
+    return float(np.nanmean(values[steps >= (1 - tail) * steps[-1]]))

@@ -32,6 +32,7 @@ METRIC_COLUMNS = (
     "batch_grad_sq_norm",
     "paper_proxy",
     "log_likelihood",
+    "random_iterate",
     "bound",
     "seconds",
 )
@@ -86,11 +87,12 @@ class _Evaluator:
                 row["log_likelihood"] = exact.mean().item()
         return row
 
-    def probe_constants(self, step: int, batch_size: int) -> tuple[float, GradientNoise]:
-        """Smoothness and gradient noise at the current parameters (their own seeded stream)."""
+    def probe_constants(self, step: int, batch_size: int) -> tuple[float, GradientNoise, float]:
+        """Smoothness, gradient noise and largest weight magnitude at the current parameters."""
         generator = torch.Generator().manual_seed(self.seed + 1 + step)
+        weights = max(p.detach().abs().max().item() for p in self.model.parameters() if p.requires_grad)
         return (smoothness(self.model, self.objective, self.x, generator),
-                gradient_noise(self.model, self.objective, self.x, batch_size, generator))
+                gradient_noise(self.model, self.objective, self.x, batch_size, generator), weights)
 
 
 def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
@@ -115,7 +117,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     result = TrainResult(config, dataset, model, optimizer, scheduler)
     eval_steps = evaluation_steps(config.steps, config.eval_every, config.eval_points)
     probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
-    probes: list[tuple[float, GradientNoise]] = []
+    probes: list[tuple[float, GradientNoise, float]] = []
 
     start = time.perf_counter()
 
@@ -123,7 +125,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
         row = {"step": step, "epoch": max(batches.epoch, 0), "lr": lr, **evaluate()}
         row["batch_grad_sq_norm"] = tracker.read_window()
         row["paper_proxy"] = tracker.paper_proxy
-        row["bound"] = math.nan
+        row["random_iterate"] = row["bound"] = math.nan  # filled in by the assessment at the end
         result.metrics.append(row)
         if not math.isfinite(row["objective"]):
             raise TrainingDiverged(step)
@@ -159,7 +161,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     finally:
         bar.close()
 
-    constants = _constants(result, probes, batches.batches_per_epoch) if probes else None
+    constants = _constants(result, probes) if probes else None
     result.summary = _summary(result, steps=result.metrics[-1]["step"], interrupted=interrupted,
                               seconds=time.perf_counter() - start)
     result.summary["constants"] = None if constants is None else constants.to_dict()
@@ -167,7 +169,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     return result
 
 
-def _constants(result: TrainResult, probes: list[tuple[float, GradientNoise]], batches_per_epoch: int) -> Constants:
+def _constants(result: TrainResult, probes: list[tuple[float, GradientNoise, float]]) -> Constants:
     """The largest L and noise seen along the trajectory, and delta against the best objective known."""
     config, metrics = result.config, result.metrics
     best, reference = min(row["objective"] for row in metrics), "lowest objective measured"
@@ -177,10 +179,11 @@ def _constants(result: TrainResult, probes: list[tuple[float, GradientNoise]], b
         if ppca is not None:
             best, reference = -ppca, "closed-form pPCA optimum"
     return Constants(
-        L=max(L for L, _ in probes),
-        sigma2_x=max(noise.sigma2_x for _, noise in probes),
-        sigma2_eps=max(noise.sigma2_eps for _, noise in probes),
-        R=max(noise.R for _, noise in probes),
+        L=max(L for L, _, _ in probes),
+        sigma2_x=max(noise.sigma2_x for _, noise, _ in probes),
+        sigma2_eps=max(noise.sigma2_eps for _, noise, _ in probes),
+        R=max(noise.R for _, noise, _ in probes),
+        a=max(a for _, _, a in probes),
         delta=max(metrics[0]["objective"] - best, 0.0),
         d=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
         batch_size=config.batch_size,

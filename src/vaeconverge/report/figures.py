@@ -20,25 +20,24 @@ def plot_convergence(metrics: Sequence[dict[str, float]], path: str | Path, titl
     paper's proxy, and the theoretical bound where one applies), and the objective."""
     steps = [row["step"] for row in metrics]
     fig, (ax_grad, ax_obj) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    series = (
-        ("grad_sq_norm", "full-objective gradient", "C0", "-"),
-        ("batch_grad_sq_norm", "minibatch gradient (window mean)", "C1", "--"),
-        ("paper_proxy", "paper's per-epoch proxy", "C2", ":"),
+    series = (  # key, label, style keywords
+        ("grad_sq_norm", "full-objective gradient", {"color": "C0"}),
+        ("running_min", "running minimum", {"color": "C0", "alpha": 0.35, "lw": 3}),
+        ("random_iterate", "random iterate $E\\|\\nabla L(\\theta_R)\\|^2$, $P(R=k)\\propto\\gamma_k$",
+         {"color": "C0", "ls": "-."}),
+        ("batch_grad_sq_norm", "minibatch gradient (window mean)", {"color": "C1", "ls": "--"}),
+        ("paper_proxy", "paper's per-epoch proxy", {"color": "C2", "ls": ":", "marker": "o", "ms": 3}),
+        ("bound", bound_label or "theoretical bound", {"color": "k", "lw": 1.5}),
     )
-    for key, label, colour, style in series:
-        points = [(s, row[key]) for s, row in zip(steps, metrics, strict=True) if _positive(row[key])]
+    running_min = np.fmin.accumulate([row["grad_sq_norm"] for row in metrics])
+    for key, label, style in series:
+        values = running_min if key == "running_min" else [row.get(key, math.nan) for row in metrics]
+        points = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v) and v > 0]
         if points:
-            xs, ys = zip(*points, strict=True)
-            ax_grad.plot(xs, ys, style, color=colour, label=label, marker="o" if len(xs) < 30 else None)
-    full = [(s, row["grad_sq_norm"]) for s, row in zip(steps, metrics, strict=True) if _positive(row["grad_sq_norm"])]
-    if full:
-        xs, ys = zip(*full, strict=True)
-        ax_grad.plot(xs, np.minimum.accumulate(ys), "-", color="C0", alpha=0.35, lw=3, label="running minimum")
-    bound = [(s, row["bound"]) for s, row in zip(steps, metrics, strict=True) if _positive(row.get("bound", math.nan))]
-    if bound:
-        xs, ys = zip(*bound, strict=True)
-        ax_grad.plot(xs, ys, "-", color="k", lw=1.5, label=bound_label or "theoretical bound")
+            ax_grad.plot(*zip(*points, strict=True), label=label, **style)
     ax_grad.set_yscale("log")
+    ax_grad.set_xscale("symlog", linthresh=1.0)  # log-spaced checkpoints and power laws read as lines
+    ax_grad.set_xlim(0, max(steps[-1], 1) * 1.2)
     ax_grad.set_xlabel("iteration n")
     ax_grad.set_ylabel("squared gradient norm")
     ax_grad.set_title("stationarity: $\\|\\nabla L(\\theta_n)\\|^2$")
@@ -67,7 +66,3 @@ def plot_run(metrics: Sequence[dict[str, float]], summary: dict[str, Any], path:
     bound = summary.get("bound") or {}
     label = f"bound ({bound['name']}, estimated constants)" if bound.get("value") is not None else ""
     plot_convergence(metrics, path, title, label)
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0

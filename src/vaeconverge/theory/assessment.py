@@ -6,6 +6,7 @@ Everything here is computed from the run's stored configuration, metrics and est
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,15 +16,18 @@ import numpy as np
 
 from ..config import RunConfig
 from ..diagnostics.random_iterate import random_iterate, weighted_mean_curve
-from ..diagnostics.rate import fit_rate, noise_floor
+from ..diagnostics.rate import fit_rate, tail_mean
 from ..optim import schedule_factor
 from .bounds import (
     adagrad_bound,
     adam_bound,
     best_allocation,
+    fit_shape,
     ghadimi_lan_curve,
+    iwae_basis,
     noise_variance,
     predict_noise_ratio,
+    vae_adam_basis,
 )
 
 # Torch's defaults for the optimizers' eps (not exposed as options): the Adam/Adagrad bounds need them.
@@ -42,6 +46,7 @@ class Constants:
     sigma2_x: float  # between-example gradient variance
     sigma2_eps: float  # Monte Carlo gradient variance of one sample, so sigma^2(B, K) = sx/B + se/(BK)
     R: float  # high quantile of the minibatch gradients' largest coordinate
+    a: float  # largest parameter magnitude seen, the theory's weight bound ||theta||_inf <= a
     delta: float  # objective at initialisation minus the best value known
     d: int  # number of trained parameters
     batch_size: int
@@ -58,7 +63,12 @@ class Constants:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Constants:
-        return cls(**{k: v for k, v in values.items() if k != "sigma2"})
+        """Inverse of :meth:`to_dict`; a missing entry is a ValueError naming it."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - set(values))
+        if missing:
+            raise ValueError(f"the constants block lacks {', '.join(missing)}")
+        return cls(**{k: values[k] for k in fields})
 
 
 def step_sizes(config: RunConfig, steps: int, batches_per_epoch: int) -> np.ndarray:
@@ -98,21 +108,24 @@ def bound_curve(config: RunConfig, constants: Constants, gammas: np.ndarray, ste
 def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
            batches_per_epoch: int) -> dict[str, Any]:
     """``random_iterate``, ``rate_slope``, ``rate`` and ``bound`` entries of a run's summary; fills each
-    metrics row's ``bound`` (NaN where no bound applies)."""
+    metrics row's ``random_iterate`` (step-weighted mean up to that checkpoint) and ``bound`` (NaN where no
+    bound applies)."""
     steps = [int(row["step"]) for row in metrics]
     values = [row["grad_sq_norm"] for row in metrics]
     gammas = step_sizes(config, steps[-1], batches_per_epoch)
     rate = fit_rate(steps, values)
+    measured = weighted_mean_curve(steps, values, gammas)
+    for row, value in zip(metrics, measured, strict=True):
+        row["random_iterate"] = float(value)
     out: dict[str, Any] = {
         "random_iterate": random_iterate(steps, values, gammas, seed=config.seed).to_dict(),
         "rate_slope": None if rate is None else rate.slope,
         "rate": None if rate is None else rate.to_dict(),
     }
     if constants is None:
-        out["bound"] = None
+        out["bound"] = out["paper_shape"] = None
         return out
     name, curve, note = bound_curve(config, constants, gammas, steps)
-    measured = weighted_mean_curve(steps, values, gammas)
     for row, value in zip(metrics, curve if curve is not None else [math.nan] * len(metrics), strict=True):
         row["bound"] = float(value)
     final = None if curve is None else float(curve[-1])
@@ -129,23 +142,48 @@ def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Co
                                   1.0 / constants.L, CANDIDATE_BATCH_SIZES, CANDIDATE_SAMPLES)
         bound["best_allocation"] = {"budget": budget, **asdict(best)}
     out["bound"] = bound
+    out["paper_shape"] = paper_shape(config, constants, steps, values)
     return out
+
+
+def paper_shape(config: RunConfig, c: Constants, steps: Sequence[int], values: Sequence[float]
+                ) -> dict[str, Any] | None:
+    """The paper's rate shape (IWAE, or deep VAE + Adam; SGD as beta1 = 0) with its two free constants fitted
+    by least squares on the measured curve: how much of the curve is the 1/sqrt(n) term, how much the
+    log(n)/sqrt(n) noise term. None when fewer than 3 positive checkpoints."""
+    keep = [(s, v) for s, v in zip(steps, values, strict=True) if s > 0 and v > 0 and math.isfinite(v)]
+    if len(keep) < 3:
+        return None
+    n = np.array([s for s, _ in keep], dtype=np.float64)
+    if config.objective == "iwae":
+        name, basis = "iwae", iwae_basis(n, c.delta, c.d, config.batch_size, config.samples)
+    else:
+        layers = 1 if config.model == "linear" else config.depth + 1
+        beta1 = config.adam_betas[0] if config.optimizer in ("adam", "amsgrad") else 0.0
+        name, basis = "vae-adam", vae_adam_basis(n, c.delta, layers, max(c.a, 1e-12), c.d, beta1)
+    coefficients = fit_shape(basis, [v for _, v in keep])
+    return {"name": name, "c1": float(coefficients[0]), "c2": float(coefficients[1])}
 
 
 def compare_runs(first: dict[str, Any], first_metrics: Sequence[dict[str, float]],
                  second: dict[str, Any], second_metrics: Sequence[dict[str, float]]) -> dict[str, Any]:
-    """Predicted change of the noise term from the first run's constants when moving to the second run's
-    (B, K), next to the measured change of the gradient-norm noise floor and of the estimated sigma^2."""
+    """Predicted change of the noise term sigma^2(B, K) from the first run's constants when moving to the
+    second run's (B, K), next to two measured changes over the last quarter of each run: of the gradient
+    noise itself (minibatch minus full-gradient squared norm, whose expectation is sigma^2(B, K)) and of
+    the full-gradient squared norm (the floor the noise term sets)."""
     a, b = Constants.from_dict(first["constants"]), Constants.from_dict(second["constants"])
     predicted = predict_noise_ratio(a.sigma2_x, a.sigma2_eps, (a.batch_size, a.samples), (b.batch_size, b.samples))
 
-    def floor(metrics: Sequence[dict[str, float]]) -> float:
-        return noise_floor([row["step"] for row in metrics], [row["grad_sq_norm"] for row in metrics])
+    def levels(metrics: Sequence[dict[str, float]]) -> tuple[float, float]:
+        steps = [row["step"] for row in metrics]
+        noise = [row["batch_grad_sq_norm"] - row["grad_sq_norm"] for row in metrics]
+        return tail_mean(steps, noise), tail_mean(steps, [row["grad_sq_norm"] for row in metrics])
 
+    (noise_a, floor_a), (noise_b, floor_b) = levels(first_metrics), levels(second_metrics)
     return {
         "from": {"batch_size": a.batch_size, "samples": a.samples},
         "to": {"batch_size": b.batch_size, "samples": b.samples},
         "predicted_noise_ratio": predicted,
-        "measured_sigma2_ratio": b.sigma2 / a.sigma2,
-        "measured_floor_ratio": floor(second_metrics) / floor(first_metrics),
+        "measured_noise_ratio": noise_b / noise_a,
+        "measured_floor_ratio": floor_b / floor_a,
     }

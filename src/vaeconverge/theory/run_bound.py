@@ -24,21 +24,29 @@ from .bounds import (
 )
 
 
+def _constants(option: str, run_dir: Path, summary: dict[str, Any]) -> Constants:
+    if summary.get("constants") is None:
+        raise ConfigError(option, f"{run_dir}: the run has no estimated constants (trained with --no-constants)")
+    try:
+        return Constants.from_dict(summary["constants"])
+    except ValueError as exc:
+        raise ConfigError(option, f"{run_dir}: {exc} (written by another version? train it again)") from exc
+
+
 def bound_from_run(run_dir: Path, compare: Path | None = None) -> dict[str, Any]:
     """Recompute the run's assessment from its stored metrics and constants; redraw its convergence.png."""
     metrics, summary = read_run(run_dir)
-    if summary.get("constants") is None:
-        raise ConfigError("--from", f"{run_dir}: the run has no estimated constants (trained with --no-constants)")
+    constants = _constants("--from", run_dir, summary)
     config = RunConfig.from_dict(summary["config"])
     batches_per_epoch = summary["data"]["n"] // config.batch_size
-    summary.update(assess(config, metrics, Constants.from_dict(summary["constants"]), batches_per_epoch))
+    summary.update(assess(config, metrics, constants, batches_per_epoch))
     atomic_write(Path(run_dir) / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp))
-    report = {key: summary[key] for key in ("constants", "bound", "random_iterate", "rate_slope", "rate")}
+    keys = ("constants", "bound", "random_iterate", "rate_slope", "rate", "paper_shape")
+    report = {key: summary[key] for key in keys}
     report = {"run": str(run_dir), "steps": summary["steps"], "optimizer": config.optimizer, **report}
     if compare is not None:
         other_metrics, other = read_run(compare)
-        if other.get("constants") is None:
-            raise ConfigError("--compare", f"{compare}: the run has no estimated constants")
+        _constants("--compare", compare, other)
         report["comparison"] = compare_runs(summary, metrics, other, other_metrics)
     return report
 
@@ -98,6 +106,10 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{rate['first_step']}..{rate['last_step']}: {rate['regime']}")
     else:
         lines.append("inputs: " + ", ".join(f"{k} = {v}" for k, v in report["inputs"].items()))
+    shape = report.get("paper_shape")
+    if shape:
+        lines.append(f"  paper's {shape['name']} shape fitted to the measured curve: c1 = {shape['c1']:.3g} "
+                     f"(1/sqrt n term), c2 = {shape['c2']:.3g} (log n / sqrt n noise term)")
     if bound.get("value") is not None:
         lines.append(f"  bound ({bound['name']}): E||grad L(theta_R)||^2 <= {bound['value']:.4g}")
     else:
@@ -114,6 +126,7 @@ def format_report(report: dict[str, Any]) -> str:
         cmp = report["comparison"]
         old, new = cmp["from"], cmp["to"]
         lines.append(f"  (B, K) = ({old['batch_size']}, {old['samples']}) -> ({new['batch_size']}, {new['samples']}): "
-                     f"noise term x{cmp['predicted_noise_ratio']:.3g} predicted; measured sigma2 "
-                     f"x{cmp['measured_sigma2_ratio']:.3g}, gradient-norm floor x{cmp['measured_floor_ratio']:.3g}")
+                     f"noise term x{cmp['predicted_noise_ratio']:.3g} predicted; measured: gradient noise "
+                     f"x{cmp['measured_noise_ratio']:.3g}, squared-gradient-norm floor "
+                     f"x{cmp['measured_floor_ratio']:.3g} (last quarter of each run)")
     return "\n".join(lines)
