@@ -109,13 +109,14 @@ def _bound_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bound(args: argparse.Namespace) -> int:
+    from .engine.outputs import json_ready
     from .theory.run_bound import bound_calculator, bound_from_run, format_report
 
     try:
         report = bound_from_run(args.run_dir, args.compare) if args.run_dir else bound_calculator(args)
     except FileNotFoundError as exc:
         raise ConfigError("--from" if args.run_dir else "--compare", str(exc)) from exc
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json.dumps(json_ready(report), indent=2, allow_nan=False) if args.json else format_report(report))
     return 0
 
 

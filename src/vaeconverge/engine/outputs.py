@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from ..report.figures import plot_run
 from .checkpoint import atomic_write, save_checkpoint
@@ -24,11 +25,23 @@ def write_run(out_dir: str | Path, result: TrainResult) -> Path:
             writer.writerows(result.metrics)
 
     atomic_write(out / "metrics.csv", write_metrics)
-    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(result.summary, indent=2) + "\n"))
+    summary = json.dumps(json_ready(result.summary), indent=2, allow_nan=False) + "\n"
+    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(summary))
     atomic_write(out / "convergence.png", lambda tmp: plot_run(result.metrics, result.summary, tmp))
     save_checkpoint(out / "checkpoint.pt", result.model, result.optimizer, result.scheduler, result.config,
                     result.summary["steps"], result.dataset.x.shape[1])
     return out
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, so that the JSON written is standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def read_run(run_dir: str | Path) -> tuple[list[dict[str, float]], dict]:
