@@ -129,6 +129,7 @@ def test_calculator_matches_the_closed_form(capsys) -> None:
         (["--L", "2", "--sigma2", "1", "--delta", "3", "--lr", "0.5", "--steps", "3", "--optimizer", "adam"], "--R"),
         (["--L", "-2", "--sigma2", "1", "--delta", "3", "--lr", "0.5", "--steps", "3"], "L"),
         (["--from", "/nonexistent/run"], "--from"),
+        (["--compare", "/nonexistent/run"], "--compare"),
     ],
 )
 def test_bound_errors_name_the_option(argv, flag, capsys) -> None:

@@ -112,6 +112,8 @@ def _run_bound(args: argparse.Namespace) -> int:
     from .engine.outputs import json_ready
     from .theory.run_bound import bound_calculator, bound_from_run, format_report
 
+    if args.compare and not args.run_dir:
+        raise ConfigError("--compare", "needs --from RUN_DIR (the run to predict from)")
     try:
         report = bound_from_run(args.run_dir, args.compare) if args.run_dir else bound_calculator(args)
     except FileNotFoundError as exc:

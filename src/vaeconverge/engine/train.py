@@ -68,6 +68,15 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """Constants measured at one point of the trajectory."""
+
+    L: float
+    noise: GradientNoise
+    weight_bound: float
+
+
 class _Evaluator:
     """Full-data diagnostics at a checkpoint of the trajectory."""
 
@@ -87,12 +96,14 @@ class _Evaluator:
                 row["log_likelihood"] = exact.mean().item()
         return row
 
-    def probe_constants(self, step: int, batch_size: int) -> tuple[float, GradientNoise, float]:
+    def probe_constants(self, step: int, batch_size: int) -> _Probe:
         """Smoothness, gradient noise and largest weight magnitude at the current parameters."""
         generator = torch.Generator().manual_seed(self.seed + 1 + step)
-        weights = max(p.detach().abs().max().item() for p in self.model.parameters() if p.requires_grad)
-        return (smoothness(self.model, self.objective, self.x, generator),
-                gradient_noise(self.model, self.objective, self.x, batch_size, generator), weights)
+        return _Probe(
+            L=smoothness(self.model, self.objective, self.x, generator),
+            noise=gradient_noise(self.model, self.objective, self.x, batch_size, generator),
+            weight_bound=max(p.detach().abs().max().item() for p in self.model.parameters() if p.requires_grad),
+        )
 
 
 def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
@@ -117,7 +128,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     result = TrainResult(config, dataset, model, optimizer, scheduler)
     eval_steps = evaluation_steps(config.steps, config.eval_every, config.eval_points)
     probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
-    probes: list[tuple[float, GradientNoise, float]] = []
+    probes: list[_Probe] = []
 
     start = time.perf_counter()
 
@@ -169,7 +180,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     return result
 
 
-def _constants(result: TrainResult, probes: list[tuple[float, GradientNoise, float]]) -> Constants:
+def _constants(result: TrainResult, probes: list[_Probe]) -> Constants:
     """The largest L and noise seen along the trajectory, and delta against the best objective known."""
     config, metrics = result.config, result.metrics
     best, reference = min(row["objective"] for row in metrics), "lowest objective measured"
@@ -179,11 +190,11 @@ def _constants(result: TrainResult, probes: list[tuple[float, GradientNoise, flo
         if ppca is not None:
             best, reference = -ppca, "closed-form pPCA optimum"
     return Constants(
-        L=max(L for L, _, _ in probes),
-        sigma2_x=max(noise.sigma2_x for _, noise, _ in probes),
-        sigma2_eps=max(noise.sigma2_eps for _, noise, _ in probes),
-        R=max(noise.R for _, noise, _ in probes),
-        a=max(a for _, _, a in probes),
+        L=max(p.L for p in probes),
+        sigma2_x=max(p.noise.sigma2_x for p in probes),
+        sigma2_eps=max(p.noise.sigma2_eps for p in probes),
+        R=max(p.noise.R for p in probes),
+        a=max(p.weight_bound for p in probes),
         delta=max(metrics[0]["objective"] - best, 0.0),
         d=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
         batch_size=config.batch_size,
