@@ -23,25 +23,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import nnls
 
-__all__ = [
-    "Allocation",
-    "adagrad_bound",
-    "adam_bound",
-    "adam_epsilon_defossez",
-    "best_allocation",
-    "fit_shape",
-    "ghadimi_lan",
-    "ghadimi_lan_curve",
-    "iwae_basis",
-    "noise_variance",
-    "predict_noise_ratio",
-    "sgd_constant_bound",
-    "sgd_constant_step",
-    "sgd_decreasing_bound",
-    "shape_curve",
-    "vae_adam_basis",
-]
-
 FloatArray = NDArray[np.float64]
 
 # Relative slack on c_gamma <= 1/L, so that a caller passing c_gamma = 1 / L is never refused by rounding.
