@@ -14,7 +14,7 @@ from vaeconverge.cli import main
 from vaeconverge.config import RunConfig, SyntheticConfig
 from vaeconverge.data import load_dataset
 from vaeconverge.diagnostics import fit_rate, random_iterate, slope_interval, smoothness
-from vaeconverge.diagnostics.random_iterate import checkpoint_weights
+from vaeconverge.diagnostics.random_iterate import checkpoint_weights, weighted_mean_curve
 from vaeconverge.engine import train, write_run
 from vaeconverge.models import build_vae
 from vaeconverge.objectives import build_objective
@@ -29,6 +29,17 @@ def test_checkpoint_weights_sum_step_sizes_over_nearest_iterates() -> None:
     assert stats.uniform_mean == pytest.approx(2.0)
     assert stats.running_min == 1.0
     assert stats.draw_step in (0, 2, 5) and stats.draw_value == {0: 3.0, 2: 2.0, 5: 1.0}[stats.draw_step]
+
+
+def test_weighted_mean_curve_is_the_random_iterate_mean_of_each_prefix() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = int(rng.integers(1, 400))
+        steps = np.unique(np.concatenate([[0, n], rng.integers(0, n + 1, int(rng.integers(0, 20)))]))
+        gammas, values = rng.random(n + 1), rng.random(len(steps))
+        expected = [random_iterate(steps[: j + 1], values[: j + 1], gammas).step_weighted_mean
+                    for j in range(len(steps))]
+        np.testing.assert_allclose(weighted_mean_curve(steps, values, gammas), expected)
 
 
 def test_random_draws_follow_the_step_sizes() -> None:

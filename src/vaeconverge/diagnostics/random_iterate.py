@@ -71,10 +71,15 @@ def random_iterate(
 def weighted_mean_curve(steps: Sequence[int], values: Sequence[float], step_sizes: Sequence[float] | np.ndarray
                         ) -> np.ndarray:
     """For each checkpoint n, the step-weighted random-iterate mean over the run up to n (what a bound after n
-    steps is compared with)."""
+    steps is compared with), in one pass: within the prefix ending at checkpoint j, every earlier checkpoint
+    keeps its cell of :func:`checkpoint_weights`, and checkpoint j's cell runs to iterate steps[j]."""
+    steps = np.asarray(steps, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
-    out = np.empty(len(values))
-    for j in range(len(values)):
-        w = checkpoint_weights(steps[: j + 1], step_sizes)
-        out[j] = w @ values[: j + 1] / w.sum()
-    return out
+    cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(step_sizes, dtype=np.float64)[: steps[-1] + 1])])
+    mids = (steps[:-1] + steps[1:]) // 2 + 1
+    lo = np.concatenate([[0], mids])
+    inner = cumulative[mids] - cumulative[lo[:-1]]  # weight of checkpoint i once checkpoint i + 1 exists
+    weighted_before = np.concatenate([[0.0], np.cumsum(inner * values[:-1])])
+    weight_before = np.concatenate([[0.0], np.cumsum(inner)])
+    last = cumulative[steps + 1] - cumulative[lo]  # weight of checkpoint j as the last one
+    return (weighted_before + last * values) / (weight_before + last)

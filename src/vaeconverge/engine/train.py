@@ -172,23 +172,24 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     finally:
         bar.close()
 
-    constants = _constants(result, probes) if probes else None
+    ppca = _ppca_log_likelihood(result) if isinstance(model, LinearVAE) else None
+    constants = _constants(result, probes, ppca) if probes else None
     result.summary = _summary(result, steps=result.metrics[-1]["step"], interrupted=interrupted,
                               seconds=time.perf_counter() - start)
+    if isinstance(model, LinearVAE):
+        result.summary["ppca_log_likelihood"] = ppca
     result.summary["constants"] = None if constants is None else constants.to_dict()
     result.summary.update(assess(config, result.metrics, constants, batches.batches_per_epoch))
     return result
 
 
-def _constants(result: TrainResult, probes: list[_Probe]) -> Constants:
+def _constants(result: TrainResult, probes: list[_Probe], ppca: float | None) -> Constants:
     """The largest L and noise seen along the trajectory, and delta against the best objective known."""
     config, metrics = result.config, result.metrics
     best, reference = min(row["objective"] for row in metrics), "lowest objective measured"
     exact_optimum = config.objective == "iwae" or config.beta == 1.0  # then min -objective = -max log p(x)
-    if isinstance(result.model, LinearVAE) and exact_optimum:
-        ppca = _ppca_log_likelihood(result)
-        if ppca is not None:
-            best, reference = -ppca, "closed-form pPCA optimum"
+    if ppca is not None and exact_optimum:
+        best, reference = -ppca, "closed-form pPCA optimum"
     return Constants(
         L=max(p.L for p in probes),
         sigma2_x=max(p.noise.sigma2_x for p in probes),
@@ -231,8 +232,6 @@ def _summary(result: TrainResult, steps: int, interrupted: bool, seconds: float)
         "parameters": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
         "torch": torch.__version__,
     }
-    if isinstance(result.model, LinearVAE):
-        summary["ppca_log_likelihood"] = _ppca_log_likelihood(result)
     return summary
 
 
