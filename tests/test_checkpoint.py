@@ -64,7 +64,7 @@ def test_checkpoint_records_step_and_optimizer(saved_run):
     """The raw checkpoint holds the final step, data dimension and optimizer state for resuming."""
     state = load_checkpoint(saved_run)
     config = CONFIGS["linear"]
-    assert state["format"] == "vaeconverge-checkpoint-1"
+    assert state["format"] == "vaeconverge-checkpoint-2"
     assert state["step"] == config.steps
     assert state["data_dim"] == TINY_DATA.data_dim
     assert state["config"] == config.to_dict()
@@ -189,9 +189,9 @@ def test_atomic_write_respects_umask(tmp_path):
 def test_checkpoint_missing_a_section_is_a_checkpoint_error(tmp_path, saved_run):
     """A file with our format marker but without the weights names what is missing."""
     state = torch.load(saved_run, weights_only=True)
-    del state["model"]
+    del state["models"]
     path = tmp_path / "partial.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match="missing 'model'") as info:
+    with pytest.raises(CheckpointError, match="missing 'models'") as info:
         load_model(path)
     assert str(path) in str(info.value)

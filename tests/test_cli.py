@@ -17,7 +17,7 @@ from vaeconverge.engine import load_checkpoint
 from vaeconverge.engine.train import METRIC_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-OUTPUT_FILES = {"metrics.csv", "summary.json", "convergence.png", "checkpoint.pt"}
+OUTPUT_FILES = {"metrics.csv", "bands.csv", "summary.json", "convergence.png", "checkpoint.pt"}
 
 # 35 steps with an evaluation every 10: rows at 0, 10, 20, 30 and the last step, 35.
 LINEAR = ["train", "--data", "synthetic-linear", "--n-samples", "200", "--data-dim", "6",
@@ -136,12 +136,13 @@ def test_successful_run_writes_all_outputs(tmp_path, capsys, argv, exact_log_lik
     assert captured.out.count("\n") == 1
     assert "35 steps" in captured.out and str(out) in captured.out
 
-    # exactly the four outputs, no temporary files left behind
+    # exactly the five outputs, no temporary files left behind
     assert {p.name for p in out.iterdir()} == OUTPUT_FILES
 
     header, rows = read_metrics(out)
     assert header == list(METRIC_COLUMNS)
-    assert [int(row[0]) for row in rows] == EXPECTED_STEPS
+    assert [int(row[header.index("step")]) for row in rows] == EXPECTED_STEPS
+    assert {row[header.index("seed")] for row in rows} == {"0"}
     assert all(len(row) == len(header) for row in rows)
     assert all(math.isfinite(float(row[header.index("objective")])) for row in rows)
 

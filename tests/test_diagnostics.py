@@ -2,54 +2,72 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import make_linear_vae
 
-from vaeconverge.diagnostics import GradientNormTracker, full_objective_gradient, squared_norm
+from vaeconverge.diagnostics import GradientNormTracker, full_objective_gradient, replica_squared_norms
+from vaeconverge.engine import Ensemble
 from vaeconverge.objectives import ELBO
 
 
-def test_squared_norm_sums_all_entries() -> None:
-    tensors = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0], [2.0]])]
-    assert squared_norm(tensors).item() == pytest.approx(30.0, rel=1e-6)
+def test_replica_squared_norms_sum_each_replica_alone() -> None:
+    grads = [torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([[[1.0], [2.0]], [[0.0], [0.0]]]),
+             torch.tensor([0.0, 2.0])]
+    assert replica_squared_norms(grads).tolist() == pytest.approx([30.0, 5.0], rel=1e-6)
 
 
 def test_full_gradient_approaches_the_exact_gradient_and_leaves_grads_alone() -> None:
     model = make_linear_vae(data_dim=4, latent_dim=2, seed=2)
     x = torch.randn(300, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.full_like(p, 7.0)
     exact_loss = -model.exact_elbo(x).mean()
-    exact_sq = squared_norm(torch.autograd.grad(exact_loss, params)).item()
+    exact_sq = sum(g.square().sum() for g in torch.autograd.grad(exact_loss, list(model.parameters()))).item()
+    ensemble = Ensemble([model], ELBO(1))
+    for p in ensemble.parameters():
+        p.grad = torch.full_like(p, 7.0)
 
-    estimate = full_objective_gradient(model, ELBO(1), x, eval_samples=2000,
-                                       generator=torch.Generator().manual_seed(1), chunk_size=128)
+    estimate = full_objective_gradient(ensemble, x, eval_samples=2000,
+                                       generators=[torch.Generator().manual_seed(1)], chunk_size=128)
     # The Monte Carlo squared norm carries an upward bias of (variance / draws); with 2000 draws over
     # 300 examples it is far below 1% of the exact value here.
-    assert abs(estimate.objective - exact_loss.item()) < 1e-2 * abs(exact_loss.item())
-    assert abs(estimate.grad_sq_norm - exact_sq) < 1e-2 * exact_sq
-    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in params)
+    assert abs(estimate.objective[0] - exact_loss.item()) < 1e-2 * abs(exact_loss.item())
+    assert abs(estimate.grad_sq_norm[0] - exact_sq) < 1e-2 * exact_sq
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in ensemble.parameters())
 
 
 def test_full_gradient_does_not_depend_on_chunking() -> None:
     model = make_linear_vae(data_dim=4, latent_dim=2, seed=2)
     x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    a = full_objective_gradient(model, ELBO(2), x, 3, torch.Generator().manual_seed(5), chunk_size=1000)
-    b = full_objective_gradient(model, ELBO(2), x, 3, torch.Generator().manual_seed(5), chunk_size=100)
-    assert a == b
+    ensemble = Ensemble([model], ELBO(2))
+    a = full_objective_gradient(ensemble, x, 3, [torch.Generator().manual_seed(5)], chunk_size=1000)
+    b = full_objective_gradient(ensemble, x, 3, [torch.Generator().manual_seed(5)], chunk_size=100)
+    assert a.objective == pytest.approx(b.objective, rel=1e-12)
+    assert a.grad_sq_norm == pytest.approx(b.grad_sq_norm, rel=1e-10)
+
+
+def test_full_gradient_of_each_replica_ignores_the_others() -> None:
+    """Replica 1 of a pair gives what it gives alone, with its own generator: nothing leaks across replicas."""
+    first, second = make_linear_vae(data_dim=4, latent_dim=2, seed=2), make_linear_vae(data_dim=4, latent_dim=2, seed=3)
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pair = full_objective_gradient(Ensemble([first, second], ELBO(2)), x, 2,
+                                   [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])
+    alone = full_objective_gradient(Ensemble([second], ELBO(2)), x, 2, [torch.Generator().manual_seed(6)])
+    assert pair.objective[1] == pytest.approx(alone.objective[0], rel=1e-12)
+    assert pair.grad_sq_norm[1] == pytest.approx(alone.grad_sq_norm[0], rel=1e-10)
+    assert pair.grad_sq_norm[0] != pytest.approx(pair.grad_sq_norm[1], rel=1e-3)
 
 
 def test_tracker_window_mean_and_paper_proxy() -> None:
     n_examples, batch = 12, 4
-    tracker = GradientNormTracker(n_examples, n_parameters=2, batch_size=batch)
-    grads = [[torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 2.0])], [torch.tensor([2.0, 2.0])]]
-    for g in grads:
-        tracker.observe(g)
-    assert torch.isnan(torch.tensor(tracker.paper_proxy))
+    tracker = GradientNormTracker(2, n_examples, n_parameters=2, batch_size=batch)
+    for squared_norms in ([1.0, 10.0], [4.0, 0.0], [8.0, 2.0]):
+        tracker.observe(torch.tensor(squared_norms))
+    assert all(map(math.isnan, tracker.paper_proxy))
     tracker.end_epoch()
-    # Window: mean of 1, 4, 8. Proxy: sum over batches of ||B g||^2 / (N * params).
-    assert tracker.read_window() == pytest.approx((1 + 4 + 8) / 3, rel=1e-6)
-    assert tracker.paper_proxy == pytest.approx(batch**2 * (1 + 4 + 8) / (n_examples * 2), rel=1e-6)
-    assert torch.isnan(torch.tensor(tracker.read_window()))
+    # Window: mean over steps, per replica. Proxy: sum over batches of ||B g||^2 / (N * params).
+    assert tracker.read_window() == pytest.approx([(1 + 4 + 8) / 3, 12 / 3], rel=1e-6)
+    scale = batch**2 / (n_examples * 2)
+    assert tracker.paper_proxy == pytest.approx([scale * 13, scale * 12], rel=1e-6)
+    assert all(map(math.isnan, tracker.read_window()))

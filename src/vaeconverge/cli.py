@@ -22,10 +22,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _seeds(text: str) -> tuple[int, ...] | int:
+    """``T`` (a count) or a comma-separated list of seeds."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count T or a list of seeds like 0,1,2 (got {text!r})") from None
+    if len(values) == 1:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"the number of seeds must be at least 1 (got {values[0]})")
+        return values[0]
+    return values
+
+
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     d, s = RunConfig(), SyntheticConfig()
-    p = sub.add_parser("train", help="train one VAE and write metrics, summary, plot and checkpoint",
-                       description="Train one VAE; write metrics.csv, summary.json, convergence.png and "
+    p = sub.add_parser("train", help="train a VAE (one or more seeds) and write metrics, summary, plot and checkpoint",
+                       description="Train a VAE, one replica per seed; write metrics.csv, bands.csv, summary.json, "
+                                   "convergence.png and "
                                    "checkpoint.pt into --out.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data,
@@ -65,7 +79,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="constant | sqrt: lr * n^-power per iteration | epoch-sqrt: lr / (epoch+1)^power")
     g.add_argument("--schedule-power", type=float, default=d.schedule_power, help="the exponent alpha")
     g.add_argument("--steps", type=int, default=d.steps, help="iterations n")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the run (the first seed with --seeds T)")
+    g.add_argument("--seeds", type=_seeds, default=None, metavar="T|S1,S2,...",
+                   help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one vectorised pass")
+    g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm, metavar="MAX",
+                   help="clip each replica's gradient to this Euclidean norm")
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="intra-op threads (default: 1 for small models, every core for large ones)")
 
     g = p.add_argument_group("diagnostics and output")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
@@ -136,6 +156,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                 latent_dim=args.true_latent_dim, noise_std=args.noise_std, seed=args.data_seed)
     fields = {k: v for k, v in vars(args).items() if k in RunConfig.__dataclass_fields__}
     fields["adam_betas"] = tuple(fields["adam_betas"])
+    seeds = fields.pop("seeds")
+    fields["seeds"] = tuple(range(args.seed, args.seed + seeds)) if isinstance(seeds, int) else seeds or ()
     return RunConfig(synthetic=synthetic, **fields).validate()
 
 
@@ -156,7 +178,8 @@ def _run_train(args: argparse.Namespace) -> int:
     s = result.summary
     log_lik = "n/a" if s["log_likelihood"] is None else f"{s['log_likelihood']:.6g}"
     state = " (interrupted)" if s["interrupted"] else ""
-    print(f"{s['steps']} steps in {s['seconds']:.1f}s{state}: objective {s['objective']:.6g}, "
+    seeds = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""
+    print(f"{s['steps']} steps{seeds} in {s['seconds']:.1f}s{state}: objective {s['objective']:.6g}, "
           f"grad_sq_norm {s['grad_sq_norm']:.4g}, log_likelihood {log_lik}; wrote {out}")
     return 0
 

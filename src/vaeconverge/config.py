@@ -7,11 +7,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("linear", "mlp")
+MODELS = ("linear", "mlp", "conv32", "conv64")
 ACTIVATIONS = ("relu", "softclip")
 LIKELIHOODS = ("gaussian", "bernoulli")
 OBJECTIVES = ("elbo", "iwae")
-OPTIMIZERS = ("sgd", "adam", "amsgrad", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "adam", "amsgrad", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adafactor")
+# Optimizers whose update of one entry reads other entries of the same tensor: over parameters stacked
+# across replicas they would mix the replicas, so they train one seed at a time.
+COUPLING_OPTIMIZERS = {"adafactor": "its factored second moment averages over a tensor's rows and columns"}
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
 BUILTIN_DATA = ("digits", "synthetic-linear")
 
@@ -69,11 +72,19 @@ class RunConfig:
     schedule_power: float = 0.5
     steps: int = 3000
     seed: int = 0
+    seeds: tuple[int, ...] = ()  # replicas trained together in one vectorised pass; () means (seed,)
+    clip_grad_norm: float | None = None  # clip each replica's gradient to this Euclidean norm
+    threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/threads.py)
     # diagnostics
     eval_every: int | None = None  # None: ``eval_points`` checkpoints spaced logarithmically
     eval_points: int = 40
     eval_samples: int = 4
     constants: bool = True  # estimate L, sigma^2, R at the start, middle and end of the run
+
+    @property
+    def replica_seeds(self) -> tuple[int, ...]:
+        """The seeds of the replicas trained together: ``seeds`` if given, else just ``seed``."""
+        return self.seeds or (self.seed,)
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
@@ -116,12 +127,30 @@ class RunConfig:
             )
         if not self.data:
             raise ConfigError("--data", "must name a built-in data set or a file")
+        if self.clip_grad_norm is not None:
+            _positive("--clip-grad-norm", self.clip_grad_norm)
+        if self.threads is not None:
+            _positive("--threads", self.threads)
+        self._validate_seeds()
         return self
+
+    def _validate_seeds(self) -> None:
+        seeds = self.replica_seeds
+        if not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise ConfigError("--seeds", f"seeds must be non-negative integers (got {list(seeds)})")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError("--seeds", f"seeds must be distinct (got {list(seeds)})")
+        if len(seeds) > 1 and self.optimizer in COUPLING_OPTIMIZERS:
+            raise ConfigError(
+                "--seeds", f"--optimizer {self.optimizer} would couple the replicas "
+                f"({COUPLING_OPTIMIZERS[self.optimizer]}); train its seeds one at a time or choose an "
+                "elementwise optimizer")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary of every resolved option."""
         out = dataclasses.asdict(self)
         out["adam_betas"] = list(self.adam_betas)
+        out["seeds"] = list(self.seeds)
         return out
 
     @classmethod
@@ -134,8 +163,9 @@ class RunConfig:
             raise ConfigError(unknown[0], "unknown option")
         if "synthetic" in values and isinstance(values["synthetic"], dict):
             values["synthetic"] = SyntheticConfig(**values["synthetic"])
-        if "adam_betas" in values:
-            values["adam_betas"] = tuple(values["adam_betas"])
+        for key in ("adam_betas", "seeds"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 

@@ -1,7 +1,7 @@
 """Convergence diagnostics: the quantities the theorems speak of, measured on a model and its data."""
 
 from .constants import GradientNoise, gradient_noise, hvp_power_iteration, smoothness
-from .grad_norms import FullGradient, GradientNormTracker, full_objective_gradient, squared_norm
+from .grad_norms import FullGradient, GradientNormTracker, full_objective_gradient, replica_squared_norms
 from .random_iterate import RandomIterate, random_iterate
 from .rate import RateFit, fit_rate, slope_interval
 
@@ -16,7 +16,7 @@ __all__ = [
     "gradient_noise",
     "hvp_power_iteration",
     "random_iterate",
+    "replica_squared_norms",
     "slope_interval",
     "smoothness",
-    "squared_norm",
 ]

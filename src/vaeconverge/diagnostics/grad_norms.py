@@ -6,90 +6,105 @@ never waits on the host once per parameter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from ..models.vae import VAE
 from ..objectives import Objective, draw_noise
 
 
-def squared_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Sum of squared entries over all tensors, as one 0-d tensor (fused foreach kernels, no sync)."""
-    return torch.nn.utils.get_total_norm(list(tensors), norm_type=2.0).square()
+class Replicas(Protocol):
+    """T replicas of a model evaluated together (``engine.ensemble.Ensemble``)."""
+
+    objective: Objective
+    latent_dim: int
+
+    def __len__(self) -> int: ...
+
+    def parameters(self) -> list[torch.Tensor]: ...
+
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class FullGradient:
-    """Full objective (average negative objective per example) and its gradient's squared norm."""
+    """Per replica: the full objective (average negative objective per example) and its gradient's squared norm."""
 
-    objective: float
-    grad_sq_norm: float
+    objective: list[float]
+    grad_sq_norm: list[float]
 
 
 def full_objective_gradient(
-    model: VAE,
-    objective: Objective,
+    replicas: Replicas,
     x: torch.Tensor,
     eval_samples: int,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     chunk_size: int = 2048,
 ) -> FullGradient:
-    """Gradient of L(theta) = -(1/N) sum_i objective(x_i) over *all* N examples, averaged over
-    ``eval_samples`` independent Monte Carlo draws of the objective's K-sample noise.
+    """Gradient of L(theta) = -(1/N) sum_i objective(x_i) over *all* N examples, for every replica, averaged
+    over ``eval_samples`` independent Monte Carlo draws of the objective's K-sample noise.
 
-    Uses ``torch.autograd.grad``, so the parameters' ``.grad`` fields are left untouched. The squared
-    norm of a Monte Carlo gradient overestimates the exact one by its variance / eval_samples.
+    Replica t draws its noise from ``generators[t]`` alone, so its value does not depend on the others.
+    Uses ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. The squared norm of a
+    Monte Carlo gradient overestimates the exact one by its variance / eval_samples.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = replicas.parameters()
     total = [torch.zeros_like(p) for p in params]
-    value = torch.zeros((), dtype=x.dtype)
+    value = torch.zeros(len(replicas), dtype=x.dtype)
     scale = 1.0 / (len(x) * eval_samples)
+    samples = replicas.objective.samples
     for _ in range(eval_samples):
         for chunk in x.split(chunk_size):
-            eps = draw_noise(objective.samples, len(chunk), model.latent_dim, generator, x.dtype)
-            loss = -objective(model, chunk, eps).sum() * scale
-            torch._foreach_add_(total, torch.autograd.grad(loss, params))
+            eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, x.dtype) for g in generators])
+            loss = -replicas(chunk, eps).sum(-1) * scale
+            torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params))
             value += loss.detach()
-    return FullGradient(objective=value.item(), grad_sq_norm=squared_norm(total).item())
+    return FullGradient(objective=value.tolist(), grad_sq_norm=replica_squared_norms(total).tolist())
+
+
+def replica_squared_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared Euclidean norm of each replica's gradient, shape (T,), from stacked gradients (T, ...)."""
+    return torch.stack([g.reshape(len(g), -1).square().sum(1) for g in grads]).sum(0)
 
 
 class GradientNormTracker:
-    """Minibatch gradient squared norms: their mean over a logging window, and the paper's epoch proxy.
+    """Minibatch gradient squared norms of T replicas: their mean over a logging window, and the paper's
+    epoch proxy, each as a (T,) tensor kept on the device until read.
 
     The paper's proxy (THEORY.md section 5) is, per epoch, sum over batches of ||grad of the batch-*summed*
     loss||^2 divided by (N x number of parameters). Gradient noise inflates it: it is not the
     full-gradient norm.
     """
 
-    def __init__(self, n_examples: int, n_parameters: int, batch_size: int) -> None:
+    def __init__(self, replicas: int, n_examples: int, n_parameters: int, batch_size: int) -> None:
         self._proxy_scale = batch_size**2 / (n_examples * n_parameters)
-        self._window_sum = torch.zeros(())
+        self._zeros = torch.zeros(replicas)
+        self._window_sum = self._epoch_sum = self._zeros
         self._window_count = 0
-        self._epoch_sum = torch.zeros(())
         self._proxy: torch.Tensor | None = None
 
-    def observe(self, grads: Iterable[torch.Tensor]) -> None:
-        """Record one minibatch gradient (of the batch-mean loss)."""
-        sq = squared_norm(grads)
-        self._window_sum += sq
-        self._epoch_sum += sq
+    def observe(self, squared_norms: torch.Tensor) -> None:
+        """Record one step's minibatch gradient squared norms (of the batch-mean loss), one per replica."""
+        self._window_sum = self._window_sum + squared_norms
+        self._epoch_sum = self._epoch_sum + squared_norms
         self._window_count += 1
 
     def end_epoch(self) -> None:
         """Close an epoch: its sum becomes the current proxy value."""
         self._proxy = self._epoch_sum * self._proxy_scale
-        self._epoch_sum = torch.zeros(())
+        self._epoch_sum = self._zeros
 
-    def read_window(self) -> float:
-        """Mean minibatch squared norm since the last read (NaN if no step was taken); resets the window."""
-        mean = (self._window_sum / self._window_count).item() if self._window_count else float("nan")
-        self._window_sum = torch.zeros(())
-        self._window_count = 0
+    def read_window(self) -> list[float]:
+        """Mean minibatch squared norm per replica since the last read (NaN if no step was taken); resets."""
+        if not self._window_count:
+            return [float("nan")] * len(self._zeros)
+        mean = (self._window_sum / self._window_count).tolist()
+        self._window_sum, self._window_count = self._zeros, 0
         return mean
 
     @property
-    def paper_proxy(self) -> float:
-        """The last completed epoch's proxy value (NaN before the first epoch ends)."""
-        return float("nan") if self._proxy is None else self._proxy.item()
+    def paper_proxy(self) -> list[float]:
+        """The last completed epoch's proxy value per replica (NaN before the first epoch ends)."""
+        return [float("nan")] * len(self._zeros) if self._proxy is None else self._proxy.tolist()

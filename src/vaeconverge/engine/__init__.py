@@ -1,11 +1,13 @@
 """The training loop, checkpoints and run outputs."""
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .ensemble import Ensemble
 from .outputs import write_run
 from .train import TrainingDiverged, TrainResult, train
 
 __all__ = [
     "CheckpointError",
+    "Ensemble",
     "TrainResult",
     "TrainingDiverged",
     "load_checkpoint",

@@ -13,6 +13,9 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..models import VAE, build_vae
+from .ensemble import Ensemble
+
+FORMAT = "vaeconverge-checkpoint-2"  # 2: one state dict per replica, with the replicas' seeds
 
 
 class CheckpointError(RuntimeError):
@@ -37,20 +40,21 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(
     path: str | Path,
-    model: VAE,
+    ensemble: Ensemble,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: RunConfig,
     step: int,
     data_dim: int,
 ) -> None:
-    """Save everything needed to rebuild the model and resume its optimizer."""
+    """Save everything needed to rebuild each replica and resume the (stacked) optimizer."""
     state = {
-        "format": "vaeconverge-checkpoint-1",
+        "format": FORMAT,
         "config": config.to_dict(),
         "step": step,
         "data_dim": data_dim,
-        "model": model.state_dict(),
+        "seeds": list(config.replica_seeds),
+        "models": ensemble.state_dicts(),
         "optimizer": optimizer.state_dict(),
         "scheduler": {"last_epoch": scheduler.last_epoch},
     }
@@ -66,22 +70,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != "vaeconverge-checkpoint-1":
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vaeconverge checkpoint")
     return state
 
 
-def load_model(path: str | Path) -> tuple[VAE, RunConfig]:
-    """Rebuild the trained model and its configuration from a checkpoint."""
+def load_model(path: str | Path, seed: int | None = None) -> tuple[VAE, RunConfig]:
+    """Rebuild one trained replica (the one of ``seed``; by default the first) and the run's configuration."""
     state = load_checkpoint(path)
     try:
         config = RunConfig.from_dict(state["config"]).validate()
-        model = build_vae(config, state["data_dim"])
-        model.load_state_dict(state["model"])
+        seeds, weights, data_dim = state["seeds"], state["models"], state["data_dim"]
     except KeyError as exc:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {exc}") from exc
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: invalid recorded configuration ({exc})") from exc
-    except RuntimeError as exc:
+    if seed is not None and seed not in seeds:
+        raise CheckpointError(f"{path}: no replica with seed {seed} (seeds: {seeds})")
+    try:
+        model = build_vae(config, data_dim)
+        model.load_state_dict(weights[0 if seed is None else seeds.index(seed)])
+    except (RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded configuration ({exc})") from exc
     return model, config

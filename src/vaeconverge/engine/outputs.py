@@ -1,13 +1,16 @@
-"""A run's directory: metrics.csv, summary.json, convergence.png and checkpoint.pt, each written atomically."""
+"""A run's directory: metrics.csv (one row per seed and checkpoint), bands.csv (mean, std and quantiles over
+seeds), summary.json, convergence.png and checkpoint.pt, each written atomically."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..diagnostics.seeds import BAND_KEYS, bands
 from ..report.figures import plot_run
 from .checkpoint import atomic_write, save_checkpoint
 from .train import METRIC_COLUMNS, TrainResult
@@ -18,19 +21,31 @@ def write_run(out_dir: str | Path, result: TrainResult) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    def write_metrics(tmp: Path) -> None:
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(result.metrics)
-
-    atomic_write(out / "metrics.csv", write_metrics)
+    atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, METRIC_COLUMNS, result.metrics))
+    band_rows = seed_band_rows(result.metrics)
+    atomic_write(out / "bands.csv", lambda tmp: _write_csv(tmp, list(band_rows[0]), band_rows))
     summary = json.dumps(json_ready(result.summary), indent=2, allow_nan=False) + "\n"
     atomic_write(out / "summary.json", lambda tmp: tmp.write_text(summary))
     atomic_write(out / "convergence.png", lambda tmp: plot_run(result.metrics, result.summary, tmp))
-    save_checkpoint(out / "checkpoint.pt", result.model, result.optimizer, result.scheduler, result.config,
+    save_checkpoint(out / "checkpoint.pt", result.ensemble, result.optimizer, result.scheduler, result.config,
                     result.summary["steps"], result.dataset.x.shape[1])
     return out
+
+
+def seed_band_rows(metrics: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One row per checkpoint step: ``{key}_{statistic}`` over seeds for each key of ``BAND_KEYS``."""
+    columns = {key: bands(metrics, key) for key in BAND_KEYS}
+    steps = columns[BAND_KEYS[0]]["step"]
+    return [{"step": step, **{f"{key}_{name}": series[i] for key, band in columns.items()
+                              for name, series in band.items() if name != "step"}}
+            for i, step in enumerate(steps)]
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, float]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def json_ready(value: Any) -> Any:

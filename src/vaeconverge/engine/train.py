@@ -13,17 +13,27 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data import Dataset, PermutationBatches
-from ..diagnostics import GradientNoise, GradientNormTracker, full_objective_gradient, gradient_noise, smoothness
+from ..diagnostics import (
+    GradientNoise,
+    GradientNormTracker,
+    full_objective_gradient,
+    gradient_noise,
+    replica_squared_norms,
+    smoothness,
+)
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
-from ..objectives import Objective, build_objective, draw_noise
+from ..objectives import build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule
-from ..theory.assessment import Constants, assess
+from ..theory.assessment import Constants, assess_run
+from .ensemble import Ensemble, clip_replica_norms_
+from .threads import choose_threads, intra_op_threads, step_flops
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
 # often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
 DIAGNOSTICS_SEED_OFFSET = 0x5EED
 
 METRIC_COLUMNS = (
+    "seed",
     "step",
     "epoch",
     "lr",
@@ -48,29 +58,36 @@ def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[in
 
 
 class TrainingDiverged(RuntimeError):
-    """The full objective became NaN or infinite."""
+    """The full objective of a replica became NaN or infinite."""
 
-    def __init__(self, step: int) -> None:
-        super().__init__(f"training diverged: the objective is not finite at step {step}")
+    def __init__(self, step: int, seed: int) -> None:
+        super().__init__(f"training diverged: the objective of seed {seed} is not finite at step {step}")
         self.step = step
+        self.seed = seed
 
 
 @dataclass
 class TrainResult:
-    """A finished (or interrupted) run: the trained state, one metrics row per evaluation, and a summary."""
+    """A finished (or interrupted) run of T >= 1 replicas: the trained ensemble, one metrics row per seed and
+    evaluation, and a summary."""
 
     config: RunConfig
     dataset: Dataset
-    model: VAE
+    ensemble: Ensemble
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     metrics: list[dict[str, float]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def model(self) -> VAE:
+        """The first replica (the only one of a single-seed run) as a plain module."""
+        return self.ensemble.replica(0)
+
 
 @dataclass(frozen=True)
 class _Probe:
-    """Constants measured at one point of the trajectory."""
+    """Constants measured at one point of the trajectory of one replica."""
 
     L: float
     noise: GradientNoise
@@ -78,88 +95,127 @@ class _Probe:
 
 
 class _Evaluator:
-    """Full-data diagnostics at a checkpoint of the trajectory."""
+    """Full-data diagnostics of every replica at a checkpoint of the trajectory."""
 
-    def __init__(self, model: VAE, objective: Objective, dataset: Dataset, config: RunConfig) -> None:
-        self.model, self.objective, self.x = model, objective, dataset.x
+    def __init__(self, ensemble: Ensemble, dataset: Dataset, config: RunConfig) -> None:
+        self.ensemble, self.x = ensemble, dataset.x
         self.eval_samples = config.eval_samples
-        self.seed = config.seed + DIAGNOSTICS_SEED_OFFSET
+        self.seeds = [seed + DIAGNOSTICS_SEED_OFFSET for seed in config.replica_seeds]
+        self.exact = isinstance(ensemble.template, LinearVAE)
 
-    def __call__(self) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(self.seed)
-        full = full_objective_gradient(self.model, self.objective, self.x, self.eval_samples, generator)
-        row = {"objective": full.objective, "grad_sq_norm": full.grad_sq_norm, "log_likelihood": math.nan}
-        if math.isfinite(full.objective):  # a diverged model has no usable closed forms
-            with torch.no_grad():
-                exact = self.model.exact_log_prob(self.x)
-            if exact is not None:
-                row["log_likelihood"] = exact.mean().item()
-        return row
+    def __call__(self) -> list[dict[str, float]]:
+        generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
+        full = full_objective_gradient(self.ensemble, self.x, self.eval_samples, generators)
+        rows = []
+        for t, (value, grad_sq_norm) in enumerate(zip(full.objective, full.grad_sq_norm, strict=True)):
+            log_likelihood = math.nan
+            if self.exact and math.isfinite(value):  # a diverged model has no usable closed forms
+                with torch.no_grad():
+                    log_likelihood = self.ensemble.replica(t).exact_log_prob(self.x).mean().item()
+            rows.append({"objective": value, "grad_sq_norm": grad_sq_norm, "log_likelihood": log_likelihood})
+        return rows
 
-    def probe_constants(self, step: int, batch_size: int) -> _Probe:
-        """Smoothness, gradient noise and largest weight magnitude at the current parameters."""
-        generator = torch.Generator().manual_seed(self.seed + 1 + step)
-        return _Probe(
-            L=smoothness(self.model, self.objective, self.x, generator),
-            noise=gradient_noise(self.model, self.objective, self.x, batch_size, generator),
-            weight_bound=max(p.detach().abs().max().item() for p in self.model.parameters() if p.requires_grad),
-        )
+    def probe_constants(self, step: int, batch_size: int) -> list[_Probe]:
+        """Smoothness, gradient noise and largest weight magnitude of each replica at its current parameters."""
+        probes = []
+        for t, seed in enumerate(self.seeds):
+            model, objective = self.ensemble.replica(t), self.ensemble.objective
+            generator = torch.Generator().manual_seed(seed + 1 + step)
+            probes.append(_Probe(
+                L=smoothness(model, objective, self.x, generator),
+                noise=gradient_noise(model, objective, self.x, batch_size, generator),
+                weight_bound=max(p.detach().abs().max().item() for p in model.parameters()),
+            ))
+        return probes
+
+
+def build_ensemble(config: RunConfig, x: torch.Tensor) -> Ensemble:
+    """The configured VAE once per seed: replica t's initial weights come from ``torch.manual_seed(seed_t)``."""
+    models = []
+    for seed in config.replica_seeds:
+        torch.manual_seed(seed)
+        model = build_vae(config, x.shape[1])
+        model.init_from_data_(x)
+        models.append(model)
+    return Ensemble(models, build_objective(config))
 
 
 def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
-    """Train the configured VAE on ``dataset``; Ctrl-C stops early and still returns what was measured.
+    """Train the configured VAE on ``dataset``, one replica per seed in a single vectorised pass; Ctrl-C stops
+    early and still returns what was measured.
 
-    Seeding: ``config.seed`` fixes the initial weights and one generator for batches and noise, so a
-    seed reproduces a run bit for bit on CPU.
+    Seeding: seed t fixes replica t's initial weights and one generator for its batches and noise, so
+    replica t is the same whether it trains alone or beside others, and a run repeats bit for bit on CPU.
     """
     config.validate()
+    ensemble = build_ensemble(config, dataset.x)
+    threads = choose_threads(_step_flops(ensemble, config, dataset.x), config.threads)
+    with intra_op_threads(threads):
+        result = _fit(config, dataset, ensemble, progress)
+    result.summary["threads"] = threads
+    return result
+
+
+def _step_flops(ensemble: Ensemble, config: RunConfig, x: torch.Tensor) -> int:
+    """Floating-point operations of one training step of the whole ensemble."""
+    batch = x[: config.batch_size].expand(len(ensemble), -1, -1)
+    eps = torch.zeros(len(ensemble), ensemble.objective.samples, len(batch[0]), ensemble.latent_dim, dtype=x.dtype)
+    return step_flops(ensemble, batch, eps)
+
+
+def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool) -> TrainResult:
+    """The training loop proper, with its evaluations."""
     x = dataset.x
-    torch.manual_seed(config.seed)
-    model = build_vae(config, x.shape[1])
-    model.init_from_data_(x)
-    objective = build_objective(config)
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = PermutationBatches(x, config.batch_size, generator)
-    params = [p for p in model.parameters() if p.requires_grad]
+    seeds = config.replica_seeds
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    batches = [PermutationBatches(x, config.batch_size, g) for g in generators]
+    epochs = batches[0]  # all replicas share the epoch structure; only their permutations differ
+    params = ensemble.parameters()
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
-    scheduler = build_schedule(optimizer, config.schedule, config.schedule_power, batches.batches_per_epoch)
-    tracker = GradientNormTracker(len(x), sum(p.numel() for p in params), config.batch_size)
-    evaluate = _Evaluator(model, objective, dataset, config)
-    result = TrainResult(config, dataset, model, optimizer, scheduler)
+    scheduler = build_schedule(optimizer, config.schedule, config.schedule_power, epochs.batches_per_epoch)
+    tracker = GradientNormTracker(len(seeds), len(x), ensemble.parameters_per_replica, config.batch_size)
+    evaluate = _Evaluator(ensemble, dataset, config)
+    result = TrainResult(config, dataset, ensemble, optimizer, scheduler)
     eval_steps = evaluation_steps(config.steps, config.eval_every, config.eval_points)
     probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
     probes: list[_Probe] = []
+    samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
 
     start = time.perf_counter()
 
     def record(step: int, lr: float) -> dict[str, float]:
-        row = {"step": step, "epoch": max(batches.epoch, 0), "lr": lr, **evaluate()}
-        row["batch_grad_sq_norm"] = tracker.read_window()
-        row["paper_proxy"] = tracker.paper_proxy
-        row["random_iterate"] = row["bound"] = math.nan  # filled in by the assessment at the end
-        result.metrics.append(row)
-        if not math.isfinite(row["objective"]):
-            raise TrainingDiverged(step)
+        rows = evaluate()
+        for seed, row, window, proxy in zip(seeds, rows, tracker.read_window(), tracker.paper_proxy, strict=True):
+            row.update(seed=seed, step=step, epoch=max(epochs.epoch, 0), lr=lr, batch_grad_sq_norm=window,
+                       paper_proxy=proxy, random_iterate=math.nan, bound=math.nan)  # the last two: assess()
+            if not math.isfinite(row["objective"]):
+                raise TrainingDiverged(step, seed)
         if step in probe_steps:
-            probes.append(evaluate.probe_constants(step, config.batch_size))
-        row["seconds"] = time.perf_counter() - start
-        return row
+            probes.extend(evaluate.probe_constants(step, config.batch_size))
+        seconds = time.perf_counter() - start
+        result.metrics.extend({key: row[key] for key in METRIC_COLUMNS if key != "seconds"} | {"seconds": seconds}
+                              for row in rows)
+        return result.metrics[-1]
 
     record(0, optimizer.param_groups[0]["lr"])
     step, interrupted = 0, False
     bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress or None, leave=False)
     try:
         for step in range(1, config.steps + 1):
-            xb = batches.next()
-            eps = draw_noise(objective.samples, config.batch_size, model.latent_dim, generator, x.dtype)
-            loss = -objective(model, xb, eps).mean()
+            xb = torch.stack([b.next() for b in batches])
+            eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, x.dtype) for g in generators])
+            loss = -ensemble(xb, eps).mean(-1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            tracker.observe(p.grad for p in params)
+            loss.sum().backward()  # summed, not averaged: each replica's gradient stays its own
+            grads = [p.grad for p in params]
+            squared_norms = replica_squared_norms(grads)
+            if config.clip_grad_norm is not None:
+                clip_replica_norms_(grads, squared_norms, config.clip_grad_norm)
+            tracker.observe(squared_norms)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            if batches.epoch_finished:
+            if epochs.epoch_finished:
                 tracker.end_epoch()
             if step in eval_steps:
                 row = record(step, lr)
@@ -172,14 +228,13 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     finally:
         bar.close()
 
-    ppca = _ppca_log_likelihood(result) if isinstance(model, LinearVAE) else None
+    ppca = _ppca_log_likelihood(result) if isinstance(ensemble.template, LinearVAE) else None
     constants = _constants(result, probes, ppca) if probes else None
-    result.summary = _summary(result, steps=result.metrics[-1]["step"], interrupted=interrupted,
-                              seconds=time.perf_counter() - start)
-    if isinstance(model, LinearVAE):
+    result.summary = _summary(result, interrupted=interrupted, seconds=time.perf_counter() - start)
+    if isinstance(ensemble.template, LinearVAE):
         result.summary["ppca_log_likelihood"] = ppca
     result.summary["constants"] = None if constants is None else constants.to_dict()
-    result.summary.update(assess(config, result.metrics, constants, batches.batches_per_epoch))
+    result.summary.update(assess_run(config, result.metrics, constants, epochs.batches_per_epoch))
     return result
 
 
@@ -197,7 +252,7 @@ def _constants(result: TrainResult, probes: list[_Probe], ppca: float | None) ->
         R=max(p.noise.R for p in probes),
         a=max(p.weight_bound for p in probes),
         delta=max(metrics[0]["objective"] - best, 0.0),
-        d=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        d=result.ensemble.parameters_per_replica,
         batch_size=config.batch_size,
         samples=config.samples,
         delta_reference=reference,
@@ -206,34 +261,24 @@ def _constants(result: TrainResult, probes: list[_Probe], ppca: float | None) ->
 
 def _ppca_log_likelihood(result: TrainResult) -> float | None:
     """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate)."""
-    fixed = None if result.config.learn_variance else result.model.likelihood.variance.item()
+    fixed = None if result.config.learn_variance else result.ensemble.template.likelihood.variance.item()
     try:
         return ppca_optimum(result.dataset.x, result.config.latent_dim, fixed).log_likelihood
     except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
         return None
 
 
-def _summary(result: TrainResult, steps: int, interrupted: bool, seconds: float) -> dict[str, Any]:
-    """The run's headline numbers; ``log_likelihood`` is exact (closed form) or None."""
-    last = result.metrics[-1]
+def _summary(result: TrainResult, interrupted: bool, seconds: float) -> dict[str, Any]:
+    """What the run was: its configuration, seeds, length, data and size (the measured numbers come from
+    :func:`assess_run`)."""
     x = result.dataset.x
-    log_lik = last["log_likelihood"]
-    summary: dict[str, Any] = {
+    return {
         "config": result.config.to_dict(),
-        "steps": steps,
-        "objective": last["objective"],
-        "grad_sq_norm": last["grad_sq_norm"],
-        "min_grad_sq_norm": min(row["grad_sq_norm"] for row in result.metrics),
-        "paper_proxy": _or_none(last["paper_proxy"]),
-        "log_likelihood": _or_none(log_lik),
+        "seeds": list(result.config.replica_seeds),
+        "steps": int(result.metrics[-1]["step"]),
         "seconds": seconds,
         "interrupted": interrupted,
         "data": {"name": result.dataset.name, "n": x.shape[0], "dim": x.shape[1]},
-        "parameters": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        "parameters": result.ensemble.parameters_per_replica,
         "torch": torch.__version__,
     }
-    return summary
-
-
-def _or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import RunConfig
-from ..nn.networks import NetworkSpec
+from ..config import ConfigError, RunConfig
+from ..nn.networks import CONV_ARCHITECTURES, NetworkSpec
 from .linear import LinearVAE
 from .vae import VAE, BernoulliLikelihood, Decoder, GaussianEncoder, GaussianLikelihood, LinearEncoder
 
@@ -22,8 +22,20 @@ def network_spec(config: RunConfig) -> NetworkSpec:
 
 
 def build_vae(config: RunConfig, data_dim: int) -> VAE:
-    """A VAE for D = ``data_dim``; the linear-Gaussian case is a :class:`LinearVAE` with closed forms."""
+    """A VAE for D = ``data_dim``; the linear-Gaussian case is a :class:`LinearVAE` with closed forms.
+
+    Raises :class:`ConfigError` when a conv network is asked for data that are not its images.
+    """
     spec = network_spec(config)
+    if config.model in CONV_ARCHITECTURES:
+        arch = CONV_ARCHITECTURES[config.model]
+        if data_dim != arch.data_dim:
+            c, h, w = arch.image
+            raise ConfigError(
+                "--model",
+                f"{config.model} takes {c}x{h}x{w} images, flattened to D = {arch.data_dim} features, "
+                f"but the data have D = {data_dim}",
+            )
     linear_gaussian = config.model == "linear" and config.likelihood == "gaussian"
     if linear_gaussian:
         encoder = LinearEncoder(data_dim, config.latent_dim)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.networks import LOGVAR_HEAD_RANGE, MEAN_HEAD_RANGE, NetworkSpec, build_body
+from ..nn.networks import LOGVAR_HEAD_RANGE, MEAN_HEAD_RANGE, NetworkSpec, build_body, build_decoder_layers
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -197,8 +197,7 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_dim: int, data_dim: int, spec: NetworkSpec, likelihood: str) -> None:
         super().__init__()
-        self.body, width = build_body(latent_dim, spec)
-        self.out = nn.Linear(width, data_dim)
+        self.body, self.out = build_decoder_layers(latent_dim, data_dim, spec)
         self.clip = spec.head_clip(MEAN_HEAD_RANGE) if likelihood == "gaussian" else nn.Identity()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,13 @@
 """Building blocks: the generalised soft-clipping activation and the encoder/decoder networks."""
 
 from .activations import SoftClip
-from .networks import NetworkSpec, build_body
+from .networks import CONV_ARCHITECTURES, ConvArchitecture, NetworkSpec, build_body, build_decoder_layers
 
-__all__ = ["NetworkSpec", "SoftClip", "build_body"]
+__all__ = [
+    "CONV_ARCHITECTURES",
+    "ConvArchitecture",
+    "NetworkSpec",
+    "SoftClip",
+    "build_body",
+    "build_decoder_layers",
+]

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import RunConfig
 from ..diagnostics.random_iterate import random_iterate, weighted_mean_curve
 from ..diagnostics.rate import fit_rate, tail_mean
+from ..diagnostics.seeds import BAND_KEYS, bands, by_seed, seed_mean
 from ..optim import schedule_factor
 from .bounds import (
     adagrad_bound,
@@ -100,9 +101,11 @@ def bound_curve(config: RunConfig, constants: Constants, gammas: np.ndarray, ste
         values = np.array([adam_bound(config.lr, beta1, beta2, ADAM_EPS, c.R, c.L, c.delta, c.d, int(s))
                            if s > min_steps else math.inf for s in steps])
         return "defossez-adam", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 2 (Adam)"
-    values = np.array([adagrad_bound(config.lr, ADAGRAD_EPS, c.R, c.L, c.delta, c.d, int(s)) if s > 0 else math.inf
-                       for s in steps])
-    return "defossez-adagrad", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 1 (Adagrad)"
+    if config.optimizer == "adagrad":
+        values = np.array([adagrad_bound(config.lr, ADAGRAD_EPS, c.R, c.L, c.delta, c.d, int(s)) if s > 0
+                           else math.inf for s in steps])
+        return "defossez-adagrad", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 1 (Adagrad)"
+    return "none", None, f"no convergence bound is implemented for {config.optimizer}"
 
 
 def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
@@ -146,6 +149,46 @@ def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Co
     return out
 
 
+def assess_run(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
+               batches_per_epoch: int) -> dict[str, Any]:
+    """Summary entries of a run of one or more seeds.
+
+    The headline numbers and :func:`assess` are those of the seed-mean curve, the estimate of the expectation
+    the theorems bound; ``per_seed`` holds each seed's own, and ``bands`` the spread over seeds at the last
+    common checkpoint. Fills every row's ``random_iterate`` (its own seed's) and ``bound`` columns.
+    """
+    mean_rows = seed_mean(metrics)
+    out = {**headline(mean_rows), **assess(config, mean_rows, constants, batches_per_epoch)}
+    bound_at = {row["step"]: row["bound"] for row in mean_rows}
+    out["per_seed"] = []
+    for seed, rows in by_seed(metrics).items():
+        own = assess(dataclasses.replace(config, seed=seed, seeds=()), rows, None, batches_per_epoch)
+        for row in rows:
+            row["bound"] = bound_at.get(row["step"], math.nan)
+        out["per_seed"].append({"seed": seed, **headline(rows), "random_iterate": own["random_iterate"],
+                                "rate_slope": own["rate_slope"]})
+    out["bands"] = {key: {name: series[-1] for name, series in bands(metrics, key).items() if name != "step"}
+                    for key in BAND_KEYS}
+    return out
+
+
+def headline(rows: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Last-checkpoint values of a metrics series and its smallest full-gradient squared norm (None where
+    not finite, e.g. the log-likelihood of a model without a closed form)."""
+    last = rows[-1]
+    return {
+        "objective": last["objective"],
+        "grad_sq_norm": last["grad_sq_norm"],
+        "min_grad_sq_norm": min(row["grad_sq_norm"] for row in rows),
+        "paper_proxy": _or_none(last["paper_proxy"]),
+        "log_likelihood": _or_none(last["log_likelihood"]),
+    }
+
+
+def _or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def paper_shape(config: RunConfig, c: Constants, steps: Sequence[int], values: Sequence[float]
                 ) -> dict[str, Any] | None:
     """The paper's rate shape (IWAE, or deep VAE + Adam; SGD as beta1 = 0) with its two free constants fitted
@@ -168,7 +211,7 @@ def paper_shape(config: RunConfig, c: Constants, steps: Sequence[int], values: S
 def compare_runs(first: dict[str, Any], first_metrics: Sequence[dict[str, float]],
                  second: dict[str, Any], second_metrics: Sequence[dict[str, float]]) -> dict[str, Any]:
     """Predicted change of the noise term sigma^2(B, K) from the first run's constants when moving to the
-    second run's (B, K), next to two measured changes over the last quarter of each run: of the gradient
+    second run's (B, K), next to two measured changes over the last quarter of each run (seed means): of the gradient
     noise itself (minibatch minus full-gradient squared norm, whose expectation is sigma^2(B, K)) and of
     the full-gradient squared norm (the floor the noise term sets)."""
     a, b = Constants.from_dict(first["constants"]), Constants.from_dict(second["constants"])
@@ -179,7 +222,7 @@ def compare_runs(first: dict[str, Any], first_metrics: Sequence[dict[str, float]
         noise = [row["batch_grad_sq_norm"] - row["grad_sq_norm"] for row in metrics]
         return tail_mean(steps, noise), tail_mean(steps, [row["grad_sq_norm"] for row in metrics])
 
-    (noise_a, floor_a), (noise_b, floor_b) = levels(first_metrics), levels(second_metrics)
+    (noise_a, floor_a), (noise_b, floor_b) = levels(seed_mean(first_metrics)), levels(seed_mean(second_metrics))
     return {
         "from": {"batch_size": a.batch_size, "samples": a.samples},
         "to": {"batch_size": b.batch_size, "samples": b.samples},

@@ -13,7 +13,7 @@ from ..engine.checkpoint import atomic_write
 from ..engine.outputs import read_run
 from ..optim import schedule_factor
 from ..report.figures import plot_run
-from .assessment import ADAGRAD_EPS, ADAM_EPS, Constants, assess, compare_runs
+from .assessment import ADAGRAD_EPS, ADAM_EPS, Constants, assess_run, compare_runs
 from .bounds import (
     adagrad_bound,
     adam_bound,
@@ -39,7 +39,7 @@ def bound_from_run(run_dir: Path, compare: Path | None = None) -> dict[str, Any]
     constants = _constants("--from", run_dir, summary)
     config = RunConfig.from_dict(summary["config"])
     batches_per_epoch = summary["data"]["n"] // config.batch_size
-    summary.update(assess(config, metrics, constants, batches_per_epoch))
+    summary.update(assess_run(config, metrics, constants, batches_per_epoch))
     atomic_write(Path(run_dir) / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp))
     keys = ("constants", "bound", "random_iterate", "rate_slope", "rate", "paper_shape")
     report = {key: summary[key] for key in keys}

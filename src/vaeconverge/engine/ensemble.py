@@ -1,0 +1,96 @@
+"""T independent replicas of one VAE trained in a single vectorised pass.
+
+The replicas' parameters are stacked along a new leading dimension (``torch.func.stack_module_state``) and
+the objective is evaluated for all of them at once with ``torch.func.vmap`` over ``functional_call``. Their
+losses are *summed*, so each stacked parameter's gradient holds every replica's own gradient, untouched by
+the others; an elementwise optimizer (SGD, Adam, RMSprop, Adagrad, ...) over the stacked tensors is then T
+independent optimizers. A single-seed run is the ensemble of one, so replica t of a T-seed run and the
+single run with seed t execute the same kernels on the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..models import VAE
+from ..objectives import Objective
+
+
+class _WithObjective(nn.Module):
+    """The model and its objective as one module, so that ``functional_call`` can evaluate the objective."""
+
+    def __init__(self, model: VAE, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.objective(self.model, x, eps)
+
+
+class Ensemble:
+    """Stacked parameters of T replicas of one architecture, and the objective evaluated on all of them.
+
+    Buffers (input standardisation, a fixed decoder variance) depend only on the configuration and the
+    data, so they are shared by the replicas rather than stacked.
+    """
+
+    def __init__(self, models: Sequence[VAE], objective: Objective) -> None:
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        first = dict(models[0].named_buffers())
+        for model in models[1:]:
+            for name, buffer in model.named_buffers():
+                if not torch.equal(buffer, first[name]):
+                    raise ValueError(f"replicas differ in buffer {name!r}; buffers must be shared")
+        self.template = copy.deepcopy(models[0])
+        self.objective = objective
+        self.latent_dim = models[0].latent_dim
+        params, _ = stack_module_state(list(models))
+        self.params = {f"model.{name}": p for name, p in params.items()}
+        self.buffers = {f"model.{name}": b for name, b in self.template.named_buffers()}
+        self._module = _WithObjective(self.template, objective)
+
+    def __len__(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The stacked trainable tensors, each of shape (T, *shape of one replica's parameter)."""
+        return list(self.params.values())
+
+    @property
+    def parameters_per_replica(self) -> int:
+        return sum(p[0].numel() for p in self.params.values())
+
+    def _values(self, params: dict[str, torch.Tensor], x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return functional_call(self._module, (params, self.buffers), (x, eps))
+
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Per-example objective values (T, B) of every replica: x is (T, B, D), one batch per replica,
+        or (B, D), the same batch for all; eps is (T, K, B, latent)."""
+        x_dim = 0 if x.dim() == 3 else None
+        return vmap(self._values, in_dims=(0, x_dim, 0))(self.params, x, eps)
+
+    def replica(self, t: int) -> VAE:
+        """A detached copy of replica t as a plain module (for diagnostics that take one model)."""
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(self.params[f"model.{name}"][t])
+        return model
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """One ``state_dict`` per replica, as a plain model of the architecture would have it."""
+        return [self.replica(t).state_dict() for t in range(len(self))]
+
+
+def clip_replica_norms_(grads: Sequence[torch.Tensor], squared_norms: torch.Tensor, max_norm: float) -> None:
+    """Scale each replica's gradient to norm at most ``max_norm`` (``clip_grad_norm_`` applied per replica)."""
+    scale = (max_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))

@@ -1,0 +1,45 @@
+"""How many intra-op threads a run uses: one for small models, every core for large ones.
+
+Small steps cost more in thread hand-offs than they gain from a second core. One thread also keeps replica t
+of a T-seed run bit-identical to the single run of seed t: with several threads, the BLAS library splits a
+matrix product's reduction differently for different T, which changes rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Below this many floating-point operations per training step (all replicas, forward and backward), one
+# thread was faster on the 2-core reference machine (``benchmarks/threads.py``).
+SINGLE_THREAD_FLOPS = 2e9
+
+
+def step_flops(forward, *args: torch.Tensor) -> int:
+    """Floating-point operations of one training step: 3x those of ``forward(*args)`` (backward ~ 2x forward)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        forward(*args)
+    return 3 * counter.get_total_flops()
+
+
+def choose_threads(flops_per_step: float, requested: int | None = None) -> int:
+    """``requested`` if given, else 1 thread below :data:`SINGLE_THREAD_FLOPS` and every usable core above."""
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if flops_per_step < SINGLE_THREAD_FLOPS else cores
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

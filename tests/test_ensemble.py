@@ -1,0 +1,135 @@
+"""T seeds in one vectorised pass: each replica is the single-seed run of its seed, and nothing couples them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vaeconverge.cli import main
+from vaeconverge.config import ConfigError, RunConfig
+from vaeconverge.data import load_dataset
+from vaeconverge.diagnostics.seeds import bands, seed_mean
+from vaeconverge.engine import Ensemble, load_model, train
+from vaeconverge.engine.ensemble import clip_replica_norms_
+from vaeconverge.models import build_vae
+from vaeconverge.objectives import ELBO
+
+DIGITS = RunConfig(data="digits", hidden=64, batch_size=32, eval_every=250, eval_samples=2, constants=False)
+COMPARED = ("objective", "grad_sq_norm", "batch_grad_sq_norm")
+
+
+def rows_of(result, seed: int) -> list[dict[str, float]]:
+    return [row for row in result.metrics if row["seed"] == seed]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "objective", "samples"),
+    [("sgd", 0.05, "elbo", 1), ("adam", 1e-3, "elbo", 1), ("sgd", 0.05, "iwae", 3), ("adam", 1e-3, "iwae", 3)],
+    ids=["sgd-elbo", "adam-elbo", "sgd-iwae", "adam-iwae"],
+)
+def test_replica_equals_the_single_seed_run(optimizer, lr, objective, samples):
+    """After 500 steps, replica t of a 3-seed run has the full objective, full-gradient norm and minibatch
+    gradient norm of the run of seed t alone (the issue asks 1e-4 relative; the kernels are the same)."""
+    config = replace(DIGITS, optimizer=optimizer, lr=lr, objective=objective, samples=samples, steps=500)
+    dataset = load_dataset(config)
+    together = train(replace(config, seeds=(4, 1, 7)), dataset, progress=False)
+    alone = train(replace(config, seed=1), dataset, progress=False)
+    replica, single = rows_of(together, 1), rows_of(alone, 1)
+    assert [row["step"] for row in replica] == [row["step"] for row in single] == [0, 250, 500]
+    for key in COMPARED:
+        assert replica[-1][key] == pytest.approx(single[-1][key], rel=1e-4), key
+    # the replicas really are different runs, and they did train
+    finals = {seed: rows_of(together, seed)[-1]["objective"] for seed in (4, 1, 7)}
+    assert len({round(v, 6) for v in finals.values()}) == 3
+    assert all(rows_of(together, s)[-1]["objective"] < rows_of(together, s)[0]["objective"] for s in (4, 1, 7))
+
+
+def test_replica_weights_equal_the_single_seed_weights():
+    """The trained weights themselves agree."""
+    config = replace(DIGITS, steps=200)
+    dataset = load_dataset(config)
+    together = train(replace(config, seeds=(0, 3)), dataset, progress=False)
+    alone = train(replace(config, seed=3), dataset, progress=False)
+    replica, single = together.ensemble.replica(1).state_dict(), alone.model.state_dict()
+    for name, value in single.items():
+        torch.testing.assert_close(replica[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_option_that_couples_replicas_is_refused(capsys):
+    """Adafactor factors a stacked bias over the replica dimension: refused for several seeds, with the reason."""
+    with pytest.raises(ConfigError, match="adafactor would couple the replicas") as info:
+        RunConfig(seeds=(0, 1), optimizer="adafactor").validate()
+    assert info.value.option == "--seeds"
+    RunConfig(seeds=(0,), optimizer="adafactor").validate()  # one seed: nothing to couple
+    assert main(["train", "--seeds", "2", "--optimizer", "adafactor", "--steps", "3", "--quiet"]) == 2
+    assert "would couple the replicas" in capsys.readouterr().err
+
+
+def test_clipping_is_applied_per_replica():
+    """Each replica's gradient is scaled to the norm bound alone; a replica within the bound is untouched."""
+    grads = [torch.tensor([[3.0, 0.0], [0.3, 0.0]]), torch.tensor([[4.0], [0.4]])]  # norms 5 and 0.5
+    squared = torch.tensor([25.0, 0.25])
+    clip_replica_norms_(grads, squared, max_norm=1.0)
+    norms = torch.stack([g.square().sum(-1) for g in grads]).sum(0).sqrt()
+    assert norms.tolist() == pytest.approx([1.0, 0.5], rel=1e-5)
+    assert grads[1][1].item() == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("seeds", [(0, 0), (-1, 2)], ids=["repeated", "negative"])
+def test_bad_seed_lists_are_refused(seeds):
+    with pytest.raises(ConfigError, match="--seeds"):
+        RunConfig(seeds=seeds).validate()
+
+
+def test_buffers_must_agree_across_replicas():
+    first, second = build_vae(RunConfig(), 4), build_vae(RunConfig(), 4)
+    second.encoder.input_shift.add_(1.0)
+    with pytest.raises(ValueError, match="input_shift"):
+        Ensemble([first, second], ELBO())
+
+
+def test_seed_mean_and_bands():
+    rows = [{"seed": s, "step": step, "v": v} for s, values in ((0, (1.0, 4.0, 9.0)), (1, (3.0, 8.0)))
+            for step, v in zip((0, 10, 20), values, strict=False)]
+    mean = seed_mean(rows)  # seed 1 stopped at step 10: step 20 is not common to both
+    assert [row["step"] for row in mean] == [0, 10]
+    assert [row["v"] for row in mean] == [2.0, 6.0]
+    band = bands(rows, "v")
+    assert band["std"] == pytest.approx([math.sqrt(2.0), math.sqrt(8.0)])
+    assert band["q50"] == pytest.approx([2.0, 6.0])
+    assert band["q10"][1] == pytest.approx(4.0 + 0.1 * 4.0)
+
+
+def test_cli_seeds_write_per_seed_rows_bands_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--hidden", "16", "--depth", "1", "--steps", "30", "--eval-every", "10",
+            "--eval-samples", "1", "--seeds", "3", "--seed", "5", "--no-constants", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    assert "x 3 seeds" in capsys.readouterr().out
+    with (out / "metrics.csv").open(newline="") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    assert sorted({row["seed"] for row in rows}) == [5.0, 6.0, 7.0]
+    with (out / "bands.csv").open(newline="") as handle:
+        band_rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    assert [row["step"] for row in band_rows] == [0, 10, 20, 30]
+    last = [row["grad_sq_norm"] for row in rows if row["step"] == 30]
+    assert band_rows[-1]["grad_sq_norm_mean"] == pytest.approx(sum(last) / 3, rel=1e-9)
+    assert band_rows[-1]["grad_sq_norm_q10"] <= band_rows[-1]["grad_sq_norm_q50"] <= band_rows[-1]["grad_sq_norm_q90"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [5, 6, 7] and summary["config"]["seeds"] == [5, 6, 7]
+    assert [entry["seed"] for entry in summary["per_seed"]] == [5, 6, 7]
+    assert summary["grad_sq_norm"] == pytest.approx(sum(last) / 3, rel=1e-9)
+    assert summary["bands"]["grad_sq_norm"]["std"] > 0
+    model, _ = load_model(out / "checkpoint.pt", seed=6)
+    assert model.encoder.body[0].weight.shape == (16, 64)
+
+
+@pytest.mark.parametrize(("value", "problem"), [("0", "at least 1"), ("a,b", "list of seeds")])
+def test_cli_rejects_bad_seeds(capsys, value, problem):
+    assert main(["train", "--seeds", value, "--quiet"]) == 2
+    assert problem in capsys.readouterr().err
