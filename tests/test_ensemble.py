@@ -133,3 +133,24 @@ def test_cli_seeds_write_per_seed_rows_bands_and_summary(tmp_path, capsys):
 def test_cli_rejects_bad_seeds(capsys, value, problem):
     assert main(["train", "--seeds", value, "--quiet"]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_adafactor_trains_a_single_seed_in_natural_shapes():
+    """Adafactor factors a matrix over its rows and columns, so its leaves keep the parameters' own shapes."""
+    config = replace(DIGITS, optimizer="adafactor", lr=1e-2, steps=60, eval_every=60, eval_samples=1)
+    result = train(config, load_dataset(config), progress=False)
+    assert [p.shape[1:] for p in result.ensemble.parameters()] == [p.shape for p in result.model.parameters()]
+    assert result.metrics[-1]["objective"] < result.metrics[0]["objective"]
+
+
+def test_aligned_leaves_are_zero_padded_views_of_the_parameters():
+    models = [build_vae(RunConfig(latent_dim=3), 5) for _ in range(2)]
+    aligned, natural = Ensemble(models, ELBO()), Ensemble(models, ELBO(), aligned=False)
+    assert all(leaf.shape[1] % 64 == 0 for leaf in aligned.parameters())
+    for name, value in natural.params.items():
+        torch.testing.assert_close(aligned.params[name], value, rtol=0, atol=0)
+    x, eps = torch.rand(2, 4, 5), torch.randn(2, 1, 4, 3)
+    torch.testing.assert_close(aligned(x, eps), natural(x, eps), rtol=0, atol=0)
+    aligned(x, eps).sum().backward()
+    for leaf, shape in zip(aligned.parameters(), (p.shape for p in models[0].parameters()), strict=True):
+        assert torch.count_nonzero(leaf.grad[:, shape.numel():]) == 0  # the padding never moves

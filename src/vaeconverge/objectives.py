@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from .config import RunConfig
 from .models.vae import VAE, standard_normal_log_prob
@@ -56,6 +57,20 @@ class IWAE:
         z = q.rsample(eps)
         log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - q.log_prob_of_sample(eps)
         return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])
+
+
+class ObjectiveModule(nn.Module):
+    """``objective(model, x, eps)`` as a module's forward, so that ``torch.func.functional_call`` can swap the
+    model's parameters (their names gain a ``model.`` prefix) although objectives call ``encode``, not
+    ``forward``."""
+
+    def __init__(self, model: VAE, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.objective(self.model, x, eps)
 
 
 def build_objective(config: RunConfig) -> Objective:

@@ -17,17 +17,17 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The stock torch.optim implementation of ``name`` (one of ``config.OPTIMIZERS``).
 
-    Not the fused kernels: on CPU their vectorised body and scalar tail round differently, so an entry's update
-    would depend on where it sits in a stacked tensor, and replica t of a T-seed run would drift from the
-    single run of seed t (measured: 3e-4 relative after 500 Adam steps).
+    Where torch has a fused kernel (SGD, Adam, AdamW, Adagrad) it is used: one pass over memory instead of one
+    per operation (5.8 ms -> 0.7 ms per Adam step for 8 digits MLPs). Its vectorised body and scalar tail
+    round differently, which is why the ensemble aligns each replica's parameters (``ROW_ALIGNMENT``).
     """
     params = list(params)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
     if name in ("adam", "amsgrad"):
-        return torch.optim.Adam(params, lr=lr, betas=betas, amsgrad=name == "amsgrad")
+        return torch.optim.Adam(params, lr=lr, betas=betas, amsgrad=name == "amsgrad", fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, fused=True)
     if name == "nadam":
         return torch.optim.NAdam(params, lr=lr, betas=betas)
     if name == "radam":
@@ -37,7 +37,7 @@ def build_optimizer(
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
+        return torch.optim.Adagrad(params, lr=lr, fused=True)
     if name == "adafactor":
         return torch.optim.Adafactor(params, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")

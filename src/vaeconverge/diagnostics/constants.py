@@ -22,22 +22,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..models.vae import VAE
-from ..objectives import Objective, draw_noise
+from ..objectives import Objective, ObjectiveModule, draw_noise
 
 Params = dict[str, Tensor]
-
-
-class _ObjectiveModule(nn.Module):
-    """``objective(model, x, eps)`` as a module's forward, so that ``functional_call`` can swap the model's
-    parameters (names gain a ``model.`` prefix) although the objectives call ``encode``, not ``forward``."""
-
-    def __init__(self, model: VAE, objective: Objective) -> None:
-        super().__init__()
-        self.model = model
-        self.objective = objective
-
-    def forward(self, x: Tensor, eps: Tensor) -> Tensor:
-        return self.objective(self.model, x, eps)
 
 
 def _split_state(module: nn.Module) -> tuple[Params, Params]:
@@ -151,7 +138,7 @@ def smoothness(
     """
     x = _subset(x, max_examples, generator)
     eps = draw_noise(objective.samples, len(x), model.latent_dim, generator, x.dtype).to(x.device)
-    wrapper = _ObjectiveModule(model, objective)
+    wrapper = ObjectiveModule(model, objective)
     params, fixed = _split_state(wrapper)
 
     def loss(p: Params) -> Tensor:
@@ -180,7 +167,7 @@ def per_example_gradients(
     eps = torch.stack(
         [draw_noise(objective.samples, n, model.latent_dim, generator, x.dtype) for _ in range(draws)]
     ).to(x.device)  # (draws, K, n, latent)
-    wrapper = _ObjectiveModule(model, objective)
+    wrapper = ObjectiveModule(model, objective)
     params, fixed = _split_state(wrapper)
 
     def example_loss(p: Params, x_i: Tensor, eps_i: Tensor) -> Tensor:

@@ -66,7 +66,8 @@ def full_objective_gradient(
 
 def replica_squared_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """Squared Euclidean norm of each replica's gradient, shape (T,), from stacked gradients (T, ...)."""
-    return torch.stack([g.reshape(len(g), -1).square().sum(1) for g in grads]).sum(0)
+    rows = [g.reshape(len(g), -1) for g in grads]
+    return torch.stack([torch.linalg.vecdot(row, row) for row in rows]).sum(0)
 
 
 class GradientNormTracker:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
+from ..config import COUPLING_OPTIMIZERS, RunConfig
 from ..data import Dataset, PermutationBatches
 from ..diagnostics import (
     GradientNoise,
@@ -137,7 +137,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor) -> Ensemble:
         model = build_vae(config, x.shape[1])
         model.init_from_data_(x)
         models.append(model)
-    return Ensemble(models, build_objective(config))
+    return Ensemble(models, build_objective(config), aligned=config.optimizer not in COUPLING_OPTIMIZERS)
 
 
 def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
