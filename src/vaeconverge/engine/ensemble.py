@@ -65,7 +65,7 @@ class Ensemble:
         """Every replica's parameters in their natural shapes (T, *shape), as views of the leaves."""
         if not self._aligned:
             return dict(self._leaves)
-        return {name: leaf[:, : _numel(shape)].view(shape) for (name, leaf), shape
+        return {name: _unpad(leaf, shape) for (name, leaf), shape
                 in zip(self._leaves.items(), self._shapes.values(), strict=True)}
 
     @property
@@ -73,7 +73,7 @@ class Ensemble:
         return sum(_numel(shape) for shape in self._shapes.values())
 
     def _values(self, params: dict[str, torch.Tensor], x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return functional_call(self._module, (params, self.buffers), (x, eps))
+        return functional_call(self._module, (params, self.buffers), (x, eps), tie_weights=False)
 
     def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Per-example objective values (T, B) of every replica: x is (T, B, D), one batch per replica,
@@ -100,9 +100,25 @@ def _numel(shape: torch.Size) -> int:
     return shape[1:].numel()
 
 
+def _unpad(leaf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The (T, *shape) view of an aligned leaf (see :func:`_aligned_leaf` for the layout)."""
+    numel = _numel(shape)
+    flat = leaf if leaf.shape[1] == numel else leaf[:, :numel]  # no slice without padding: its backward copies
+    if len(shape) == 3:
+        return flat.view(shape[0], shape[2], shape[1]).transpose(1, 2)
+    return flat.view(shape)
+
+
 def _aligned_leaf(stacked: torch.Tensor) -> torch.Tensor:
-    """A zero-padded (T, multiple of ROW_ALIGNMENT) copy of ``stacked`` (T, ...) that requires grad."""
-    flat = stacked.detach().reshape(len(stacked), -1)
+    """A (T, multiple of ROW_ALIGNMENT) leaf holding ``stacked`` (T, ...), zero-padded, that requires grad.
+
+    Matrices are stored transposed: a linear layer computes x W^T, whose backward yields the gradient of W^T
+    contiguous, so with W^T as the stored layout it accumulates into the leaf without a transposing copy.
+    """
+    stacked = stacked.detach()
+    if stacked.dim() == 3:
+        stacked = stacked.transpose(1, 2)
+    flat = stacked.reshape(len(stacked), -1)
     padded = -(-flat.shape[1] // ROW_ALIGNMENT) * ROW_ALIGNMENT
     return torch.nn.functional.pad(flat, (0, padded - flat.shape[1])).requires_grad_()
 

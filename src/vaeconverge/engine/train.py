@@ -149,7 +149,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     """
     config.validate()
     ensemble = build_ensemble(config, dataset.x)
-    threads = choose_threads(_step_flops(ensemble, config, dataset.x), config.threads)
+    threads = choose_threads(_step_flops(ensemble, config, dataset.x), len(ensemble), config.threads)
     with intra_op_threads(threads):
         result = _fit(config, dataset, ensemble, progress)
     result.summary["threads"] = threads

@@ -1,0 +1,58 @@
+"""Benchmark 1: T = 8 seeds of the digits MLP VAE (B = 64, 2000 steps) trained by vaeconverge in one vectorised
+pass, against 8 sequential runs of the naive loop (``naive.py``) on the same data. Target: >= 3x.
+
+Both sides train 8 x 2000 steps. vaeconverge runs with its default full-gradient diagnostics, constants probes
+off (``--quick``: 5 checkpoints), and once more with them reduced to the first and last step, for information.
+Run: ``.venv/bin/python benchmarks/seeds_vs_naive.py [--quick]`` (or ``run_all.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import (
+    DEFAULT,
+    DEFAULT_DIAGNOSTICS,
+    FIRST_LAST,
+    QUICK,
+    QUICK_DIAGNOSTICS,
+    Data,
+    Measurement,
+    Result,
+    first_last,
+    main,
+    measure,
+    speedup,
+    time_vaeconverge,
+)
+from naive import NaiveSpec, time_naive
+
+NAME = "B1 8 seeds vs 8 naive runs"
+SEEDS = tuple(range(8))
+TARGET = 3.0
+
+
+def run(quick: bool, threads: int, timeout_s: float) -> Result:
+    steps, warmup = (200, 10) if quick else (2000, 50)
+    data = Data("digits")
+
+    def ours(label: str, diagnostics: dict[str, Any]) -> Measurement:
+        options = {"data": "digits", "batch_size": 64, "steps": steps, "seeds": SEEDS} | diagnostics
+        return measure(f"vaeconverge T={len(SEEDS)}, {label}", time_vaeconverge, data, options, warmup,
+                       threads=threads, timeout_s=timeout_s)
+
+    naive = measure(
+        f"naive loop, {len(SEEDS)} runs one after another", time_naive,
+        data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup,
+        threads=threads, timeout_s=timeout_s,
+    )
+    default = ours(QUICK, QUICK_DIAGNOSTICS) if quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS)
+    lean = ours(FIRST_LAST, first_last(steps))
+    return Result(NAME, [naive, default, lean], [
+        speedup("speed-up vs naive", default, naive, TARGET),
+        speedup(f"speed-up vs naive, {FIRST_LAST}", lean, naive, None),
+    ])
+
+
+if __name__ == "__main__":
+    main(run, __doc__)
