@@ -15,18 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from harness import (
-    DEFAULT,
-    DEFAULT_DIAGNOSTICS,
-    FIRST_LAST,
-    QUICK,
-    QUICK_DIAGNOSTICS,
     Data,
     Measurement,
     Result,
-    first_last,
+    against_baseline,
     main,
     measure,
-    speedup,
     time_vaeconverge,
 )
 from naive import NaiveSpec, time_naive
@@ -49,12 +43,7 @@ def run(quick: bool, threads: int, timeout_s: float) -> Result:
         "naive loop", time_naive, data, NaiveSpec("conv32", latent_dim=100, softclip_s=5.0), steps, 256, 1e-3,
         (0,), warmup, threads=threads, timeout_s=timeout_s,
     )
-    default = ours(QUICK, QUICK_DIAGNOSTICS) if quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS)
-    lean = ours(FIRST_LAST, first_last(steps))
-    return Result(NAME, [naive, default, lean], [
-        speedup("speed-up vs naive", default, naive, TARGET),
-        speedup(f"speed-up vs naive, {FIRST_LAST}", lean, naive, None),
-    ])
+    return against_baseline(NAME, naive, ours, "naive", steps, quick, TARGET)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,18 @@ def speedup(label: str, candidate: Measurement, baseline: Measurement, minimum: 
     return Ratio(label, value, target=target, met=met)
 
 
+def against_baseline(name: str, baseline: Measurement, ours: Callable[[str, dict[str, Any]], Measurement],
+                     versus: str, steps: int, quick: bool, target: float) -> Result:
+    """vaeconverge with its default diagnostics (``--quick``: 5 checkpoints) and, for information, with
+    checkpoints at the first and last step only, each against ``baseline``; ``ours(label, options)`` measures."""
+    default = ours(QUICK, QUICK_DIAGNOSTICS) if quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS)
+    lean = ours(FIRST_LAST, first_last(steps))
+    return Result(name, [baseline, default, lean], [
+        speedup(f"speed-up vs {versus}", default, baseline, target),
+        speedup(f"speed-up vs {versus}, {FIRST_LAST}", lean, baseline, None),
+    ])
+
+
 def measure(variant: str, fn: Callable[..., Timed], *args: Any, threads: int, timeout_s: float) -> Measurement:
     """Run ``fn(*args)`` in a fresh spawned process with ``threads`` torch threads; its output is discarded."""
     context = mp.get_context("spawn")

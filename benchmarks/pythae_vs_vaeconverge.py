@@ -19,19 +19,13 @@ from typing import Any
 
 import torch
 from harness import (
-    DEFAULT,
-    DEFAULT_DIAGNOSTICS,
-    FIRST_LAST,
-    QUICK,
-    QUICK_DIAGNOSTICS,
     Data,
     Measurement,
     Result,
     Timed,
-    first_last,
+    against_baseline,
     main,
     measure,
-    speedup,
     time_vaeconverge,
 )
 
@@ -77,12 +71,7 @@ def run(quick: bool, threads: int, timeout_s: float) -> Result:
                        threads=threads, timeout_s=timeout_s)
 
     pythae = measure("Pythae BaseTrainer", time_pythae, data, epochs, 1, threads=threads, timeout_s=timeout_s)
-    default = ours(QUICK, QUICK_DIAGNOSTICS) if quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS)
-    lean = ours(FIRST_LAST, first_last(steps))
-    return Result(NAME, [pythae, default, lean], [
-        speedup("speed-up vs Pythae", default, pythae, TARGET),
-        speedup(f"speed-up vs Pythae, {FIRST_LAST}", lean, pythae, None),
-    ])
+    return against_baseline(NAME, pythae, ours, "Pythae", steps, quick, TARGET)
 
 
 if __name__ == "__main__":

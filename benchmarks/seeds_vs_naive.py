@@ -11,18 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from harness import (
-    DEFAULT,
-    DEFAULT_DIAGNOSTICS,
-    FIRST_LAST,
-    QUICK,
-    QUICK_DIAGNOSTICS,
     Data,
     Measurement,
     Result,
-    first_last,
+    against_baseline,
     main,
     measure,
-    speedup,
     time_vaeconverge,
 )
 from naive import NaiveSpec, time_naive
@@ -46,12 +40,7 @@ def run(quick: bool, threads: int, timeout_s: float) -> Result:
         data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup,
         threads=threads, timeout_s=timeout_s,
     )
-    default = ours(QUICK, QUICK_DIAGNOSTICS) if quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS)
-    lean = ours(FIRST_LAST, first_last(steps))
-    return Result(NAME, [naive, default, lean], [
-        speedup("speed-up vs naive", default, naive, TARGET),
-        speedup(f"speed-up vs naive, {FIRST_LAST}", lean, naive, None),
-    ])
+    return against_baseline(NAME, naive, ours, "naive", steps, quick, TARGET)
 
 
 if __name__ == "__main__":
