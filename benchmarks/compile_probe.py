@@ -34,7 +34,7 @@ def step_time(step: Callable[[], None], steps: int) -> tuple[float, float]:
 
 def compare(x: torch.Tensor, replicas: int, steps: int) -> str:
     """One line: eager vs compiled step time of ``replicas`` digits MLPs, and the break-even point."""
-    ensemble = build_ensemble(RunConfig(seeds=tuple(range(replicas))), x)
+    ensemble, _ = build_ensemble(RunConfig(seeds=tuple(range(replicas))), x)
     optimizer = build_optimizer("adam", ensemble.parameters(), 1e-3)
     batch = x[:64].expand(replicas, -1, -1).contiguous()
     eps = torch.randn(replicas, 1, 64, ensemble.latent_dim)

@@ -16,7 +16,19 @@ import time
 from typing import Any
 
 import torch
-from harness import Data, Measurement, Ratio, Result, Timed, first_last, main, measure, time_vaeconverge
+from harness import (
+    Data,
+    Measurement,
+    Ratio,
+    Result,
+    Settings,
+    Timed,
+    Variant,
+    first_last,
+    main,
+    measure_all,
+    time_vaeconverge,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from vaeconverge.config import RunConfig
@@ -65,15 +77,16 @@ def fraction_of_peak(label: str, step: Measurement, matmul: Measurement) -> Rati
     return Ratio(label, step.extra.get("GFLOP/s", math.nan) / peak, percent=True)
 
 
-def run(quick: bool, threads: int, timeout_s: float) -> Result:
-    steps, reps, warmup = (200, 20, 20) if quick else (2000, 200, 100)
-    matmul = measure(f"matmul {MATMUL_SIZE}x{MATMUL_SIZE} fp32 (steps = products)", time_matmul, MATMUL_SIZE, reps,
-                     threads=threads, timeout_s=timeout_s)
-    digits = measure("vaeconverge digits MLP 64-200-200-10, B=64", time_training_step, Data("digits"),
-                     {"data": "digits", "steps": steps}, warmup, threads=threads, timeout_s=timeout_s)
+def run(settings: Settings) -> Result:
+    steps, reps, warmup = (200, 20, 20) if settings.quick else (2000, 200, 100)
     wide_options = {"model": "mlp", "hidden": 512, "depth": 1, "latent_dim": 16, "batch_size": 256, "steps": steps}
-    wide = measure("vaeconverge MLP 784-512-16, B=256", time_training_step, Data("binary", n=2560, dim=784, seed=5),
-                   wide_options, warmup, threads=threads, timeout_s=timeout_s)
+    matmul, digits, wide = measure_all([
+        Variant(f"matmul {MATMUL_SIZE}x{MATMUL_SIZE} fp32 (steps = products)", time_matmul, (MATMUL_SIZE, reps)),
+        Variant("vaeconverge digits MLP 64-200-200-10, B=64", time_training_step,
+                (Data("digits"), {"data": "digits", "steps": steps}, warmup)),
+        Variant("vaeconverge MLP 784-512-16, B=256", time_training_step,
+                (Data("binary", n=2560, dim=784, seed=5), wide_options, warmup)),
+    ], settings)
     return Result(NAME, [matmul, digits, wide], [
         fraction_of_peak("digits MLP step / matmul GFLOP/s", digits, matmul),
         fraction_of_peak("784-512-16 MLP step / matmul GFLOP/s", wide, matmul),

@@ -3,7 +3,9 @@
 Every measured variant runs in its own child process (multiprocessing's "spawn" context), so that its peak
 memory, ``getrusage(RUSAGE_SELF).ru_maxrss``, is its own and no variant profits from another's warm caches.
 The child sets the thread count, builds its data, runs an untimed warm-up where the benchmark asks for one,
-and times only the training; the parent only collects. Not run on its own: see ``run_all.py``.
+and times only the training; the parent only collects. The variants of a benchmark run round-robin, several
+rounds, and each keeps its fastest run: slow spells of a shared machine then fall on all of them alike.
+Not run on its own: see ``run_all.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import multiprocessing as mp
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,26 @@ class Data:
             p = 0.1 + 0.8 * torch.rand(self.dim, generator=generator)
             return (torch.rand(self.n, self.dim, generator=generator) < p).float()
         raise ValueError(f"unknown data kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The command line shared by every benchmark: ``quick`` runs, torch threads per measured process, the time
+    limit of one measured run, and the rounds of ``repeats`` over a benchmark's variants."""
+
+    quick: bool
+    threads: int
+    timeout_s: float
+    repeats: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One measured configuration: ``fn(*args)`` in a child process, returning :class:`Timed`."""
+
+    label: str
+    fn: Callable[..., Timed]
+    args: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -141,16 +163,37 @@ def speedup(label: str, candidate: Measurement, baseline: Measurement, minimum: 
     return Ratio(label, value, target=target, met=met)
 
 
-def against_baseline(name: str, baseline: Measurement, ours: Callable[[str, dict[str, Any]], Measurement],
-                     versus: str, steps: int, quick: bool, target: float) -> Result:
+def against_baseline(name: str, baseline: Variant, ours: Callable[[str, dict[str, Any]], Variant],
+                     versus: str, steps: int, settings: Settings, target: float) -> Result:
     """vaeconverge with its default diagnostics (``--quick``: 5 checkpoints) and, for information, with
-    checkpoints at the first and last step only, each against ``baseline``; ``ours(label, options)`` measures."""
-    default = ours(QUICK, QUICK_DIAGNOSTICS) if quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS)
-    lean = ours(FIRST_LAST, first_last(steps))
+    checkpoints at the first and last step only, each against ``baseline``; ``ours(label, options)`` is the
+    variant of vaeconverge with those diagnostic options."""
+    variants = [baseline, ours(QUICK, QUICK_DIAGNOSTICS) if settings.quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS),
+                ours(FIRST_LAST, first_last(steps))]
+    baseline, default, lean = measure_all(variants, settings)
     return Result(name, [baseline, default, lean], [
         speedup(f"speed-up vs {versus}", default, baseline, target),
         speedup(f"speed-up vs {versus}, {FIRST_LAST}", lean, baseline, None),
     ])
+
+
+def measure_all(variants: Sequence[Variant], settings: Settings) -> list[Measurement]:
+    """Every variant ``settings.repeats`` times, round-robin; each variant's fastest run (and its largest peak
+    memory), or its first error."""
+    runs: list[list[Measurement]] = [[] for _ in variants]
+    for _ in range(settings.repeats):
+        for variant, done in zip(variants, runs, strict=True):
+            done.append(measure(variant.label, variant.fn, *variant.args, threads=settings.threads,
+                                timeout_s=settings.timeout_s))
+    return [_fastest(done) for done in runs]
+
+
+def _fastest(runs: list[Measurement]) -> Measurement:
+    failed = [m for m in runs if m.error is not None]
+    if failed:
+        return failed[0]
+    best = min(runs, key=lambda m: m.seconds)
+    return dataclasses.replace(best, peak_rss_mib=max(m.peak_rss_mib for m in runs))
 
 
 def measure(variant: str, fn: Callable[..., Timed], *args: Any, threads: int, timeout_s: float) -> Measurement:
@@ -226,24 +269,36 @@ def parse_args(description: str, selectable: int = 0) -> argparse.Namespace:
                         help="torch threads in every measured process (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds after which one measured variant is stopped (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds over each benchmark's variants, keeping each one's fastest (default: "
+                             "%(default)s; 1 with --quick)")
     if selectable:
         parser.add_argument("--only", type=lambda text: [int(part) for part in text.split(",")],
                             default=list(range(1, selectable + 1)), help="benchmarks to run, e.g. 1,4")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if selectable and not all(1 <= number <= selectable for number in args.only):
         parser.error(f"--only takes numbers from 1 to {selectable}")
     return args
 
 
 def header(args: argparse.Namespace) -> str:
-    mode = "quick check (--quick), not a measurement" if args.quick else "full measurement"
+    mode = ("quick check (--quick), not a measurement" if args.quick
+            else f"full measurement, fastest of {args.repeats} round-robin rounds")
     return (f"vaeconverge benchmarks: {mode}; torch {torch.__version__}, {args.threads} torch threads "
             f"(torch.set_num_threads) in every measured process, which vaeconverge's own choice "
-            f"(engine/threads.py) then overrides; {os.cpu_count()} CPUs")
+            f"(engine/plan.py) then overrides; {os.cpu_count()} CPUs")
 
 
-def main(run: Callable[[bool, int, float], Result], doc: str) -> None:
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings(args.quick, args.threads, args.timeout, args.repeats)
+
+
+def main(run: Callable[[Settings], Result], doc: str) -> None:
     """Command line of a single benchmark module (``doc``: its docstring): run it and print its table."""
     args = parse_args(doc.splitlines()[0])
     print(header(args), flush=True)
-    print(format_results([run(args.quick, args.threads, args.timeout)]))
+    print(format_results([run(settings_of(args))]))

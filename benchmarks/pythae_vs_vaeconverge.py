@@ -18,16 +18,7 @@ import time
 from typing import Any
 
 import torch
-from harness import (
-    Data,
-    Measurement,
-    Result,
-    Timed,
-    against_baseline,
-    main,
-    measure,
-    time_vaeconverge,
-)
+from harness import Data, Result, Settings, Timed, Variant, against_baseline, main, time_vaeconverge
 
 NAME = "B3 vs Pythae 0.1.2 (784-512-16)"
 SKIP = "pythae not installed (pip install -e '.[bench]')"
@@ -57,21 +48,20 @@ def time_pythae(data: Data, epochs: int, warmup_epochs: int) -> Timed:
     return Timed(time.perf_counter() - start, epochs * len(x) // BATCH)
 
 
-def run(quick: bool, threads: int, timeout_s: float) -> Result:
+def run(settings: Settings) -> Result:
     if importlib.util.find_spec("pythae") is None:
         return Result(NAME, skipped=SKIP)
-    n, epochs = (2 * BATCH, 5) if quick else (10 * BATCH, 100)
+    n, epochs = (2 * BATCH, 5) if settings.quick else (10 * BATCH, 100)
     steps = epochs * n // BATCH
     data = Data("binary", n=n, dim=28 * 28, seed=3)
 
-    def ours(label: str, diagnostics: dict[str, Any]) -> Measurement:
+    def ours(label: str, diagnostics: dict[str, Any]) -> Variant:
         options = {"model": "mlp", "hidden": HIDDEN, "depth": 1, "latent_dim": LATENT, "likelihood": "bernoulli",
                    "batch_size": BATCH, "optimizer": "adam", "lr": LR, "steps": steps} | diagnostics
-        return measure(f"vaeconverge, {label}", time_vaeconverge, data, options, n // BATCH,
-                       threads=threads, timeout_s=timeout_s)
+        return Variant(f"vaeconverge, {label}", time_vaeconverge, (data, options, n // BATCH))
 
-    pythae = measure("Pythae BaseTrainer", time_pythae, data, epochs, 1, threads=threads, timeout_s=timeout_s)
-    return against_baseline(NAME, pythae, ours, "Pythae", steps, quick, TARGET)
+    pythae = Variant("Pythae BaseTrainer", time_pythae, (data, epochs, 1))
+    return against_baseline(NAME, pythae, ours, "Pythae", steps, settings, TARGET)
 
 
 if __name__ == "__main__":

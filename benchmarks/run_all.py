@@ -7,7 +7,8 @@
   5. MLP training step GFLOP/s vs this machine's matmul GFLOP/s                   (flops.py)
 
 Every variant runs in its own fresh process (peak memory is that process's maximum resident set size) with
-the same torch thread count; only training is timed. Run: ``.venv/bin/python benchmarks/run_all.py``, or
+the same torch thread count; only training is timed; a benchmark's variants run round-robin (``--repeats``
+rounds) and each keeps its fastest run. Run: ``.venv/bin/python benchmarks/run_all.py``, or
 ``--quick`` (a few minutes) to check that everything works; ``--only 1,4`` picks benchmarks.
 """
 
@@ -18,7 +19,7 @@ import diagnostics_overhead
 import flops
 import pythae_vs_vaeconverge
 import seeds_vs_naive
-from harness import format_results, header, parse_args
+from harness import format_results, header, parse_args, settings_of
 
 BENCHMARKS = (seeds_vs_naive, conv32_vs_naive, pythae_vs_vaeconverge, diagnostics_overhead, flops)
 
@@ -30,7 +31,7 @@ def main() -> None:
     for number in args.only:
         module = BENCHMARKS[number - 1]
         print(f"running {module.NAME} ...", flush=True)
-        results.append(module.run(args.quick, args.threads, args.timeout))
+        results.append(module.run(settings_of(args)))
     print()
     print(format_results(results))
 

@@ -10,15 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import (
-    Data,
-    Measurement,
-    Result,
-    against_baseline,
-    main,
-    measure,
-    time_vaeconverge,
-)
+from harness import Data, Result, Settings, Variant, against_baseline, main, time_vaeconverge
 from naive import NaiveSpec, time_naive
 
 NAME = "B1 8 seeds vs 8 naive runs"
@@ -26,21 +18,17 @@ SEEDS = tuple(range(8))
 TARGET = 3.0
 
 
-def run(quick: bool, threads: int, timeout_s: float) -> Result:
-    steps, warmup = (200, 10) if quick else (2000, 50)
+def run(settings: Settings) -> Result:
+    steps, warmup = (200, 10) if settings.quick else (2000, 50)
     data = Data("digits")
 
-    def ours(label: str, diagnostics: dict[str, Any]) -> Measurement:
+    def ours(label: str, diagnostics: dict[str, Any]) -> Variant:
         options = {"data": "digits", "batch_size": 64, "steps": steps, "seeds": SEEDS} | diagnostics
-        return measure(f"vaeconverge T={len(SEEDS)}, {label}", time_vaeconverge, data, options, warmup,
-                       threads=threads, timeout_s=timeout_s)
+        return Variant(f"vaeconverge T={len(SEEDS)}, {label}", time_vaeconverge, (data, options, warmup))
 
-    naive = measure(
-        f"naive loop, {len(SEEDS)} runs one after another", time_naive,
-        data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup,
-        threads=threads, timeout_s=timeout_s,
-    )
-    return against_baseline(NAME, naive, ours, "naive", steps, quick, TARGET)
+    naive = Variant(f"naive loop, {len(SEEDS)} runs one after another", time_naive,
+                    (data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup))
+    return against_baseline(NAME, naive, ours, "naive", steps, settings, TARGET)
 
 
 if __name__ == "__main__":

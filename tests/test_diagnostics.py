@@ -9,7 +9,7 @@ import torch
 from conftest import make_linear_vae
 
 from vaeconverge.diagnostics import GradientNormTracker, full_objective_gradient, replica_squared_norms
-from vaeconverge.engine import Ensemble
+from vaeconverge.engine import LoopedEnsemble, VectorisedEnsemble
 from vaeconverge.objectives import ELBO
 
 
@@ -19,12 +19,16 @@ def test_replica_squared_norms_sum_each_replica_alone() -> None:
     assert replica_squared_norms(grads).tolist() == pytest.approx([30.0, 5.0], rel=1e-6)
 
 
-def test_full_gradient_approaches_the_exact_gradient_and_leaves_grads_alone() -> None:
+LAYOUTS = pytest.mark.parametrize("layout", [VectorisedEnsemble, LoopedEnsemble], ids=["vectorised", "looped"])
+
+
+@LAYOUTS
+def test_full_gradient_approaches_the_exact_gradient_and_leaves_grads_alone(layout) -> None:
     model = make_linear_vae(data_dim=4, latent_dim=2, seed=2)
     x = torch.randn(300, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact_loss = -model.exact_elbo(x).mean()
     exact_sq = sum(g.square().sum() for g in torch.autograd.grad(exact_loss, list(model.parameters()))).item()
-    ensemble = Ensemble([model], ELBO(1))
+    ensemble = layout([model], ELBO(1))
     for p in ensemble.parameters():
         p.grad = torch.full_like(p, 7.0)
 
@@ -37,23 +41,25 @@ def test_full_gradient_approaches_the_exact_gradient_and_leaves_grads_alone() ->
     assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in ensemble.parameters())
 
 
-def test_full_gradient_does_not_depend_on_chunking() -> None:
+@LAYOUTS
+def test_full_gradient_does_not_depend_on_chunking(layout) -> None:
     model = make_linear_vae(data_dim=4, latent_dim=2, seed=2)
     x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ensemble = Ensemble([model], ELBO(2))
+    ensemble = layout([model], ELBO(2))
     a = full_objective_gradient(ensemble, x, 3, [torch.Generator().manual_seed(5)], chunk_size=1000)
     b = full_objective_gradient(ensemble, x, 3, [torch.Generator().manual_seed(5)], chunk_size=100)
     assert a.objective == pytest.approx(b.objective, rel=1e-12)
     assert a.grad_sq_norm == pytest.approx(b.grad_sq_norm, rel=1e-10)
 
 
-def test_full_gradient_of_each_replica_ignores_the_others() -> None:
+@LAYOUTS
+def test_full_gradient_of_each_replica_ignores_the_others(layout) -> None:
     """Replica 1 of a pair gives what it gives alone, with its own generator: nothing leaks across replicas."""
     first, second = make_linear_vae(data_dim=4, latent_dim=2, seed=2), make_linear_vae(data_dim=4, latent_dim=2, seed=3)
     x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    pair = full_objective_gradient(Ensemble([first, second], ELBO(2)), x, 2,
+    pair = full_objective_gradient(layout([first, second], ELBO(2)), x, 2,
                                    [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])
-    alone = full_objective_gradient(Ensemble([second], ELBO(2)), x, 2, [torch.Generator().manual_seed(6)])
+    alone = full_objective_gradient(layout([second], ELBO(2)), x, 2, [torch.Generator().manual_seed(6)])
     assert pair.objective[1] == pytest.approx(alone.objective[0], rel=1e-12)
     assert pair.grad_sq_norm[1] == pytest.approx(alone.grad_sq_norm[0], rel=1e-10)
     assert pair.grad_sq_norm[0] != pytest.approx(pair.grad_sq_norm[1], rel=1e-3)

@@ -10,6 +10,7 @@ import pytest
 from vaeconverge.config import RunConfig
 from vaeconverge.data import load_dataset
 from vaeconverge.engine import train
+from vaeconverge.engine.train import default_eval_points, evaluation_steps
 
 LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "amsgrad": 3e-3, "rmsprop": 1e-3, "adagrad": 3e-2}
 
@@ -64,3 +65,22 @@ def test_the_paper_proxy_is_reported_per_epoch_and_exceeds_nothing_it_should_not
     proxies = [row["paper_proxy"] for row in result.metrics]
     assert math.isnan(proxies[0]) and math.isnan(proxies[1])  # no epoch (56 batches) finished by step 50
     assert all(p > 0 for p in proxies[2:])
+
+
+@pytest.mark.parametrize(("steps", "batch_size", "expected"), [(100, 64, 6), (3000, 64, 11), (100_000, 64, 40)])
+def test_default_checkpoints_follow_the_budget(steps, batch_size, expected) -> None:
+    """The default number of checkpoints grows with the examples training sees (10% of them on full-data passes),
+    from 6 to 40, and every default grid leaves the rate fit at least three checkpoints in the second half."""
+    points = default_eval_points(steps, batch_size, 1797, eval_samples=1)
+    assert points == expected
+    grid = sorted(evaluation_steps(steps, None, points))
+    assert grid[0] == 0 and grid[-1] == steps
+    assert len(grid) - 1 <= points  # step 0 is the start, not a checkpoint the budget pays for
+    assert sum(step >= steps / 2 for step in grid) >= 3
+    assert points * 1797 <= max(0.1 * steps * batch_size, 6 * 1797) * 1.05
+
+
+def test_checkpoint_budget_sets_the_rows_a_run_writes() -> None:
+    config = RunConfig(data="digits", hidden=16, depth=1, steps=300, constants=False)
+    result = train(config, load_dataset(config), progress=False)
+    assert [row["step"] for row in result.metrics] == sorted(evaluation_steps(300, None, 6))

@@ -89,8 +89,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
     g = p.add_argument_group("diagnostics and output")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
-                   help="steps between full-gradient evaluations (default: --eval-points log-spaced checkpoints)")
-    g.add_argument("--eval-points", type=int, default=d.eval_points, help="number of log-spaced checkpoints")
+                   help="steps between full-gradient evaluations (default: --eval-points checkpoints)")
+    g.add_argument("--eval-points", type=int, default=d.eval_points,
+                   help="number of checkpoints, half log-spaced over the first half of the run, half evenly over "
+                        "the second (default: as many as keep their full-data passes within 10%% of the examples "
+                        "training sees, from 6 to 40)")
     g.add_argument("--no-constants", dest="constants", action="store_false",
                    help="skip estimating L, sigma^2 and R (and hence the bound)")
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,

@@ -74,10 +74,10 @@ class RunConfig:
     seed: int = 0
     seeds: tuple[int, ...] = ()  # replicas trained together in one vectorised pass; () means (seed,)
     clip_grad_norm: float | None = None  # clip each replica's gradient to this Euclidean norm
-    threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/threads.py)
+    threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/plan.py)
     # diagnostics
-    eval_every: int | None = None  # None: ``eval_points`` checkpoints spaced logarithmically
-    eval_points: int = 40
+    eval_every: int | None = None  # None: ``eval_points`` checkpoints (see engine.train.evaluation_steps)
+    eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.train)
     eval_samples: int = 1
     constants: bool = True  # estimate L, sigma^2, R at the start, middle and end of the run
 
@@ -101,15 +101,15 @@ class RunConfig:
             ("--samples", self.samples),
             ("--batch-size", self.batch_size),
             ("--steps", self.steps),
-            ("--eval-points", self.eval_points),
             ("--eval-samples", self.eval_samples),
             ("--n-samples", self.synthetic.n_samples),
             ("--data-dim", self.synthetic.data_dim),
             ("--true-latent-dim", self.synthetic.latent_dim),
         ):
             _positive(option, value)
-        if self.eval_every is not None:
-            _positive("--eval-every", self.eval_every)
+        for option, optional in (("--eval-every", self.eval_every), ("--eval-points", self.eval_points)):
+            if optional is not None:
+                _positive(option, optional)
         _positive("--lr", self.lr)
         if self.decoder_std is not None:
             _positive("--decoder-std", self.decoder_std)

@@ -25,13 +25,17 @@ class PermutationBatches:
 
     def next(self) -> torch.Tensor:
         """The next batch; starts a new epoch (and a new permutation) when the current one is spent."""
+        return self.x[self.next_indices()]
+
+    def next_indices(self) -> torch.Tensor:
+        """The rows of the next batch (so that several streams' batches can be gathered at once)."""
         if self._position == self.batches_per_epoch:
             self.epoch += 1
             self._position = 0
             self._order = torch.randperm(len(self.x), generator=self.generator)
         start = self._position * self.batch_size
         self._position += 1
-        return self.x[self._order[start : start + self.batch_size]]
+        return self._order[start : start + self.batch_size]
 
     @property
     def epoch_finished(self) -> bool:

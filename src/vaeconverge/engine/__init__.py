@@ -1,15 +1,17 @@
 """The training loop, checkpoints and run outputs."""
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .ensemble import Ensemble
+from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble
 from .outputs import write_run
 from .train import TrainingDiverged, TrainResult, train
 
 __all__ = [
     "CheckpointError",
     "Ensemble",
+    "LoopedEnsemble",
     "TrainResult",
     "TrainingDiverged",
+    "VectorisedEnsemble",
     "load_checkpoint",
     "load_model",
     "save_checkpoint",

@@ -1,21 +1,28 @@
-"""T independent replicas of one VAE trained in a single vectorised pass.
+"""T independent replicas of one VAE trained in a single pass, in one of two layouts.
 
-The replicas' parameters are stacked along a new leading dimension (``torch.func.stack_module_state``) and
-the objective is evaluated for all of them at once with ``torch.func.vmap`` over ``functional_call``. Their
-losses are *summed*, so each stacked parameter's gradient holds every replica's own gradient, untouched by
-the others; an elementwise optimizer (SGD, Adam, RMSprop, Adagrad, ...) over the stacked tensors is then T
-independent optimizers. A single-seed run is the ensemble of one, so replica t of a T-seed run and the
-single run with seed t execute the same kernels on the same numbers.
+Both sum the replicas' losses, so each replica's gradient stays its own, and both hand one torch.optim
+optimizer tensors in which an elementwise optimizer (SGD, Adam, RMSprop, Adagrad, ...) is T independent
+optimizers. Which layout a run uses depends on the size of one replica's step, never on T
+(``engine/plan.py``), so that replica t of a T-seed run and the single run with seed t execute the same
+kernels on the same numbers:
+
+- :class:`VectorisedEnsemble`, for small models whose steps are dominated by per-operation overhead: the
+  parameters are stacked along a new leading dimension (``torch.func.stack_module_state``) and the objective
+  is evaluated for all replicas at once with ``torch.func.vmap`` over ``functional_call``.
+- :class:`LoopedEnsemble`, for models whose products keep the cores busy on their own: T plain modules
+  evaluated one after another, free of vmap's overhead and of the decompositions it needs for some operators.
 """
 
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..diagnostics import replica_squared_norms
 from ..models import VAE
 from ..objectives import Objective, ObjectiveModule
 
@@ -25,17 +32,14 @@ from ..objectives import Objective, ObjectiveModule
 ROW_ALIGNMENT = 64
 
 
-class Ensemble:
-    """Stacked parameters of T replicas of one architecture, and the objective evaluated on all of them.
+class Ensemble(ABC):
+    """T replicas of one architecture and the objective evaluated on all of them.
 
-    With ``aligned`` (the default, for elementwise optimizers), each parameter is stored as one flat leaf of
-    shape (T, padded size) whose padding stays zero; the model sees views of the natural shapes. Otherwise
-    the leaves have the natural shapes (T, *shape), for optimizers that read a tensor's rows and columns.
     Buffers (input standardisation, a fixed decoder variance) depend only on the configuration and the data,
-    so the replicas share them.
+    so the replicas must agree on them.
     """
 
-    def __init__(self, models: Sequence[VAE], objective: Objective, aligned: bool = True) -> None:
+    def __init__(self, models: Sequence[VAE], objective: Objective) -> None:
         if not models:
             raise ValueError("an ensemble needs at least one model")
         first = dict(models[0].named_buffers())
@@ -46,43 +50,71 @@ class Ensemble:
         self.template = copy.deepcopy(models[0])
         self.objective = objective
         self.latent_dim = models[0].latent_dim
+        self._size = len(models)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def parameters_per_replica(self) -> int:
+        return sum(p.numel() for p in self.template.parameters())
+
+    @abstractmethod
+    def parameters(self) -> list[torch.Tensor]:
+        """The trainable leaf tensors, for the optimizer."""
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Per-example objective values (T, B) of every replica: x is (T, B, D), one batch per replica,
+        or (B, D), the same batch for all; eps is (T, K, B, latent)."""
+
+    @abstractmethod
+    def replica(self, t: int) -> VAE:
+        """A detached copy of replica t as a plain module (for diagnostics that take one model)."""
+
+    @abstractmethod
+    def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Squared Euclidean norm (T,) of each replica's gradient; ``grads`` match :meth:`parameters`."""
+
+    @abstractmethod
+    def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
+        """Multiply each replica's gradient by its factor (T,), in place."""
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """One ``state_dict`` per replica, as a plain model of the architecture would have it."""
+        return [self.replica(t).state_dict() for t in range(len(self))]
+
+
+class VectorisedEnsemble(Ensemble):
+    """Stacked parameters, one flat leaf of shape (T, padded size) per parameter whose padding stays zero;
+    the model sees views of the natural shapes, and vmap evaluates all replicas in one pass."""
+
+    def __init__(self, models: Sequence[VAE], objective: Objective) -> None:
+        super().__init__(models, objective)
         stacked, _ = stack_module_state(list(models))
         self._shapes = {f"model.{name}": p.shape for name, p in stacked.items()}
-        self._aligned = aligned
-        self._leaves = {f"model.{name}": _aligned_leaf(p) if aligned else p for name, p in stacked.items()}
+        self._leaves = {f"model.{name}": _aligned_leaf(p) for name, p in stacked.items()}
         self.buffers = {f"model.{name}": b for name, b in self.template.named_buffers()}
         self._module = ObjectiveModule(self.template, objective)
 
-    def __len__(self) -> int:
-        return next(iter(self._leaves.values())).shape[0]
-
     def parameters(self) -> list[torch.Tensor]:
-        """The trainable leaf tensors (one per parameter, replicas along dimension 0), for the optimizer."""
+        """One leaf per parameter, replicas along dimension 0."""
         return list(self._leaves.values())
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
         """Every replica's parameters in their natural shapes (T, *shape), as views of the leaves."""
-        if not self._aligned:
-            return dict(self._leaves)
         return {name: _unpad(leaf, shape) for (name, leaf), shape
                 in zip(self._leaves.items(), self._shapes.values(), strict=True)}
-
-    @property
-    def parameters_per_replica(self) -> int:
-        return sum(_numel(shape) for shape in self._shapes.values())
 
     def _values(self, params: dict[str, torch.Tensor], x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return functional_call(self._module, (params, self.buffers), (x, eps), tie_weights=False)
 
     def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Per-example objective values (T, B) of every replica: x is (T, B, D), one batch per replica,
-        or (B, D), the same batch for all; eps is (T, K, B, latent)."""
         x_dim = 0 if x.dim() == 3 else None
         return vmap(self._values, in_dims=(0, x_dim, 0))(self.params, x, eps)
 
     def replica(self, t: int) -> VAE:
-        """A detached copy of replica t as a plain module (for diagnostics that take one model)."""
         model = copy.deepcopy(self.template)
         params = self.params
         with torch.no_grad():
@@ -90,19 +122,50 @@ class Ensemble:
                 param.copy_(params[f"model.{name}"][t])
         return model
 
-    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
-        """One ``state_dict`` per replica, as a plain model of the architecture would have it."""
-        return [self.replica(t).state_dict() for t in range(len(self))]
+    def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return replica_squared_norms(grads)
+
+    def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
+        for g in grads:
+            g.mul_(factors.view(-1, *([1] * (g.dim() - 1))))
 
 
-def _numel(shape: torch.Size) -> int:
-    """Entries of one replica of a stacked parameter of ``shape`` (T, *shape)."""
-    return shape[1:].numel()
+class LoopedEnsemble(Ensemble):
+    """T plain modules, each with its own parameter tensors, evaluated one after another."""
+
+    def __init__(self, models: Sequence[VAE], objective: Objective) -> None:
+        super().__init__(models, objective)
+        self.models = [copy.deepcopy(model) for model in models]
+        self._per_replica = len(list(self.template.parameters()))
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Replica 0's parameters, then replica 1's, and so on."""
+        return [p for model in self.models for p in model.parameters()]
+
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        batches = x if x.dim() == 3 else [x] * len(self)
+        return torch.stack([self.objective(model, xb, e) for model, xb, e in zip(self.models, batches, eps,
+                                                                                  strict=True)])
+
+    def replica(self, t: int) -> VAE:
+        return copy.deepcopy(self.models[t])
+
+    def _by_replica(self, grads: Sequence[torch.Tensor]) -> list[Sequence[torch.Tensor]]:
+        k = self._per_replica
+        return [grads[t * k:(t + 1) * k] for t in range(len(self))]
+
+    def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([torch.stack(torch._foreach_norm(list(own))).square().sum()
+                            for own in self._by_replica(grads)])
+
+    def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
+        for own, factor in zip(self._by_replica(grads), factors, strict=True):
+            torch._foreach_mul_(list(own), factor)
 
 
 def _unpad(leaf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The (T, *shape) view of an aligned leaf (see :func:`_aligned_leaf` for the layout)."""
-    numel = _numel(shape)
+    numel = shape[1:].numel()
     flat = leaf if leaf.shape[1] == numel else leaf[:, :numel]  # no slice without padding: its backward copies
     if len(shape) == 3:
         return flat.view(shape[0], shape[2], shape[1]).transpose(1, 2)
@@ -123,8 +186,8 @@ def _aligned_leaf(stacked: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(flat, (0, padded - flat.shape[1])).requires_grad_()
 
 
-def clip_replica_norms_(grads: Sequence[torch.Tensor], squared_norms: torch.Tensor, max_norm: float) -> None:
+def clip_replica_norms_(
+    ensemble: Ensemble, grads: Sequence[torch.Tensor], squared_norms: torch.Tensor, max_norm: float
+) -> None:
     """Scale each replica's gradient to norm at most ``max_norm`` (``clip_grad_norm_`` applied per replica)."""
-    scale = (max_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+    ensemble.scale_(grads, (max_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0))

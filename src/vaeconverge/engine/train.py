@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,15 +19,14 @@ from ..diagnostics import (
     GradientNormTracker,
     full_objective_gradient,
     gradient_noise,
-    replica_squared_norms,
     smoothness,
 )
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..objectives import build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
-from .ensemble import Ensemble, clip_replica_norms_
-from .threads import choose_threads, intra_op_threads, step_flops
+from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
+from .plan import Plan, intra_op_threads, plan, step_flops
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
 # often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
@@ -48,12 +48,30 @@ METRIC_COLUMNS = (
 )
 
 
+# The default number of checkpoints: a full-data gradient costs about as much per example as a training step
+# (0.6-0.8x measured, benchmarks/diagnostics_overhead.py), so the checkpoints' full-data passes may see at most
+# this fraction of the examples the training sees, within [CHECKPOINTS_MIN, CHECKPOINTS_MAX].
+CHECKPOINT_BUDGET = 0.1
+CHECKPOINTS_MIN, CHECKPOINTS_MAX = 6, 40
+
+
+def default_eval_points(steps: int, batch_size: int, n_examples: int, eval_samples: int) -> int:
+    """How many checkpoints :data:`CHECKPOINT_BUDGET` affords a run of ``steps`` steps of ``batch_size``."""
+    affordable = CHECKPOINT_BUDGET * steps * batch_size / (n_examples * eval_samples)
+    return int(min(max(round(affordable), CHECKPOINTS_MIN), CHECKPOINTS_MAX))
+
+
 def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[int]:
-    """Checkpoints: 0, every ``every`` steps if given, else ``points`` log-spaced steps; always the last."""
+    """Checkpoints: 0, the last step, and every ``every`` steps if given; else ``points`` of them, half
+    log-spaced over the first half of the run (the transient, on the log axis it is plotted on) and half
+    evenly spaced over the second (where the rate is fitted and the random iterate mostly lands)."""
     if every is not None:
         grid = range(0, steps + 1, every)
     else:
-        grid = np.unique(np.round(np.geomspace(1, steps, points)).astype(int)).tolist()
+        late = points // 2
+        early = np.geomspace(1, max(steps / 2, 1), points - late)
+        later = np.linspace(steps / 2, steps, late + 1)[1:]
+        grid = np.unique(np.round(np.concatenate([early, later])).astype(int)).tolist()
     return frozenset({0, steps, *grid})
 
 
@@ -129,38 +147,37 @@ class _Evaluator:
         return probes
 
 
-def build_ensemble(config: RunConfig, x: torch.Tensor) -> Ensemble:
-    """The configured VAE once per seed: replica t's initial weights come from ``torch.manual_seed(seed_t)``."""
+def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
+    """The configured VAE once per seed (replica t's initial weights come from ``torch.manual_seed(seed_t)``),
+    laid out as the size of one replica's step asks, and the plan that chose the layout."""
     models = []
     for seed in config.replica_seeds:
         torch.manual_seed(seed)
         model = build_vae(config, x.shape[1])
         model.init_from_data_(x)
         models.append(model)
-    return Ensemble(models, build_objective(config), aligned=config.optimizer not in COUPLING_OPTIMIZERS)
+    objective = build_objective(config)
+    eps = torch.zeros(objective.samples, min(config.batch_size, len(x)), models[0].latent_dim, dtype=x.dtype)
+    flops = step_flops(partial(objective, models[0]), x[: config.batch_size], eps)
+    chosen = plan(flops, len(models), config.threads, loop=config.optimizer in COUPLING_OPTIMIZERS)
+    layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
+    return layout(models, objective), chosen
 
 
 def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
-    """Train the configured VAE on ``dataset``, one replica per seed in a single vectorised pass; Ctrl-C stops
+    """Train the configured VAE on ``dataset``, one replica per seed, all in a single pass; Ctrl-C stops
     early and still returns what was measured.
 
     Seeding: seed t fixes replica t's initial weights and one generator for its batches and noise, so
     replica t is the same whether it trains alone or beside others, and a run repeats bit for bit on CPU.
     """
     config.validate()
-    ensemble = build_ensemble(config, dataset.x)
-    threads = choose_threads(_step_flops(ensemble, config, dataset.x), len(ensemble), config.threads)
-    with intra_op_threads(threads):
+    ensemble, chosen = build_ensemble(config, dataset.x)
+    with intra_op_threads(chosen.threads):
         result = _fit(config, dataset, ensemble, progress)
-    result.summary["threads"] = threads
+    result.summary["threads"] = chosen.threads
+    result.summary["vectorised"] = chosen.vectorised
     return result
-
-
-def _step_flops(ensemble: Ensemble, config: RunConfig, x: torch.Tensor) -> int:
-    """Floating-point operations of one training step of the whole ensemble."""
-    batch = x[: config.batch_size].expand(len(ensemble), -1, -1)
-    eps = torch.zeros(len(ensemble), ensemble.objective.samples, len(batch[0]), ensemble.latent_dim, dtype=x.dtype)
-    return step_flops(ensemble, batch, eps)
 
 
 def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool) -> TrainResult:
@@ -176,7 +193,8 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     tracker = GradientNormTracker(len(seeds), len(x), ensemble.parameters_per_replica, config.batch_size)
     evaluate = _Evaluator(ensemble, dataset, config)
     result = TrainResult(config, dataset, ensemble, optimizer, scheduler)
-    eval_steps = evaluation_steps(config.steps, config.eval_every, config.eval_points)
+    points = config.eval_points or default_eval_points(config.steps, config.batch_size, len(x), config.eval_samples)
+    eval_steps = evaluation_steps(config.steps, config.eval_every, points)
     probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
     probes: list[_Probe] = []
     samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
@@ -202,15 +220,15 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress or None, leave=False)
     try:
         for step in range(1, config.steps + 1):
-            xb = torch.stack([b.next() for b in batches])
+            xb = x[torch.stack([b.next_indices() for b in batches])]  # one gather for every replica's batch
             eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, x.dtype) for g in generators])
             loss = -ensemble(xb, eps).mean(-1)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # summed, not averaged: each replica's gradient stays its own
             grads = [p.grad for p in params]
-            squared_norms = replica_squared_norms(grads)
+            squared_norms = ensemble.squared_norms(grads)
             if config.clip_grad_norm is not None:
-                clip_replica_norms_(grads, squared_norms, config.clip_grad_norm)
+                clip_replica_norms_(ensemble, grads, squared_norms, config.clip_grad_norm)
             tracker.observe(squared_norms)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
