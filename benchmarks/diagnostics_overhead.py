@@ -1,5 +1,5 @@
 """Benchmark 4: what vaeconverge's full-gradient diagnostics cost at their default interval (checkpoints whose
-full-data passes are budgeted at 10% of the examples training sees, at least 6; each the gradient of the
+full-data passes are budgeted at 5% of the examples training sees, at least 6; each the gradient of the
 objective over all the data). Target: <= 10% of training time.
 
 Two models, each trained with the full-gradient checkpoints reduced to the first and last step and with the

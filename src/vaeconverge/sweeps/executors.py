@@ -1,0 +1,105 @@
+"""Where a sweep's runs execute: in the driver's own process, or in a local pool of worker processes.
+
+An executor takes (run id, configuration) tasks and yields each run's :class:`Outcome` as it finishes; it never
+touches the store, which only the driver writes. A cluster executor (Ray) fits the same interface.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from ..config import RunConfig
+from .store import Outcome
+
+Task = tuple[str, RunConfig]
+
+
+class Executor(Protocol):
+    """Runs tasks; ``started(run_id)`` is called as each one is handed out, before its outcome is yielded."""
+
+    def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]: ...
+
+
+def execute(task: Task, threads: int | None = None) -> Outcome:
+    """Train one run and turn whatever happens into an :class:`Outcome` (the worker's whole job)."""
+    from ..data import load_dataset
+    from ..engine import TrainingDiverged, train
+
+    run_id, config = task
+    if threads is not None and config.threads is None:
+        config = dataclasses.replace(config, threads=threads)
+    start = time.perf_counter()
+    try:
+        result = train(config, load_dataset(config), progress=False)
+    except TrainingDiverged as exc:
+        return Outcome(run_id, "diverged", time.perf_counter() - start, error=str(exc), diverged_step=exc.step)
+    except Exception as exc:  # a failing run is recorded, and the sweep goes on
+        return Outcome(run_id, "failed", time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+    return Outcome(run_id, "done", time.perf_counter() - start, summary=result.summary, metrics=result.metrics)
+
+
+class InProcess:
+    """Runs one task after another in this process."""
+
+    def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
+        for task in tasks:
+            started(task[0])
+            yield execute(task)
+
+
+class ProcessPool:
+    """``jobs`` worker processes (spawned, so nothing of the driver's state leaks in); each run gets
+    cores / jobs intra-op threads unless its configuration says otherwise. At most ``jobs`` runs are handed
+    out at a time, so the store's ``running`` rows are the runs actually running."""
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise ValueError(f"--jobs must be at least 1 (got {jobs})")
+        self.jobs = jobs
+        self.threads = max(1, _cores() // jobs)
+
+    def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
+        queue = iter(tasks)
+        with futures.ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
+            running: dict[futures.Future[Outcome], str] = {}
+            try:
+                while True:
+                    for task in queue:
+                        started(task[0])
+                        running[pool.submit(execute, task, self.threads)] = task[0]
+                        if len(running) == self.jobs:
+                            break
+                    if not running:
+                        return
+                    done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                    for future in done:
+                        yield _outcome(future, running.pop(future))
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+
+
+def _outcome(future: futures.Future[Outcome], run_id: str) -> Outcome:
+    """The run's outcome, or a failure saying why its worker returned none (it died, or could not pickle)."""
+    try:
+        return future.result()
+    except futures.process.BrokenProcessPool:
+        raise  # the pool is gone: stop the sweep; a new invocation resumes it
+    except Exception as exc:
+        return Outcome(run_id, "failed", 0.0, error=f"worker error: {type(exc).__name__}: {exc}")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def build_executor(jobs: int) -> Executor:
+    """In-process for one job, a process pool for more."""
+    return InProcess() if jobs == 1 else ProcessPool(jobs)

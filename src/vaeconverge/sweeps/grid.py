@@ -1,0 +1,214 @@
+"""A sweep as data: a TOML file with a base run configuration, axes (a grid product, and zipped axes that
+vary together) and seeds. Every run it expands to is named by a stable identifier of its resolved
+configuration, so the same run is recognised in any later invocation, whatever the order of the axes.
+
+    name = "batch-size"
+    seeds = 4                      # replicas per run (a count from seed 0, or a list)
+    [base]                         # RunConfig options, as on the command line (dashes or underscores)
+    data = "digits"
+    steps = 3000
+    [grid]                         # the product of these axes
+    batch_size = [16, 64, 256]
+    [zip]                          # these axes vary together (equal lengths), crossed with the grid
+    optimizer = ["sgd", "adam"]
+    lr = [0.05, 1e-3]
+    [finding]                      # optional: what the theory or the paper predicts, checked by the report
+    statement = "Larger batches end lower: the bound's noise term falls as 1/B."
+    metric = "grad_sq_norm"        # a key of summary.json (dots for nested keys)
+    expect = "decreasing"          # in the order of the runs: decreasing | increasing | lowest-at | all-true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, RunConfig
+
+TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "finding")
+EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
+FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
+# Options that change how a run executes, not what it computes: left out of its identifier.
+EXECUTION_ONLY = ("threads",)
+
+
+class SpecError(ValueError):
+    """A sweep specification that cannot be used; ``where`` names the file and line, or the key."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A prediction about a sweep's runs: ``metric`` (a summary key, dotted for nested ones) is ``expect``ed to
+    decrease or increase along the runs, to be lowest at the run labelled ``at``, or to be true for all runs;
+    ``reference``, "1/x", draws the theory's inverse scaling through the first run in the trend figure."""
+
+    statement: str
+    metric: str
+    expect: str
+    at: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep: the base options, the grid axes and the zipped axes (each a list of values)."""
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    zipped: dict[str, list[Any]] = field(default_factory=dict)
+    description: str = ""
+    finding: Finding | None = None
+    source: str = ""  # the TOML text, kept so that a store can say what it ran
+
+    @property
+    def axes(self) -> list[str]:
+        """The options that vary, grid axes first."""
+        return [*self.grid, *self.zipped]
+
+    def label(self, config: RunConfig) -> str:
+        """The run's axis values, e.g. ``batch_size=16``."""
+        values = config.to_dict()
+        return ", ".join(f"{axis}={_shown(values[axis])}" for axis in self.axes) or "base"
+
+    def runs(self) -> list[RunConfig]:
+        """Every configuration of the sweep, validated; grid product outermost, then the zipped values."""
+        zipped = [dict(zip(self.zipped, values, strict=True)) for values in zip(*self.zipped.values(), strict=True)]
+        configs = []
+        for point in itertools.product(*self.grid.values()):
+            for varied in zipped or [{}]:
+                values = {**self.base, **dict(zip(self.grid, point, strict=True)), **varied}
+                label = ", ".join(f"{key}={values[key]!r}" for key in self.axes) or "the base run"
+                try:
+                    configs.append(RunConfig.from_dict(values).validate())
+                except ConfigError as exc:
+                    raise SpecError(f"run {label}", str(exc)) from None
+                except TypeError as exc:  # a value of the wrong kind for its option
+                    raise SpecError(f"run {label}", str(exc)) from None
+        return configs
+
+
+def run_id(config: RunConfig) -> str:
+    """16 hex digits identifying ``config``'s resolved options (execution-only options excluded)."""
+    options = {key: value for key, value in config.to_dict().items() if key not in EXECUTION_ONLY}
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file; a missing, malformed or inconsistent file raises :class:`SpecError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot read the sweep file ({exc.strerror or exc})") from None
+    return parse_spec(text, str(path), default_name=path.stem)
+
+
+def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -> SweepSpec:
+    """Parse TOML ``text`` (``source`` names it in errors) into a :class:`SweepSpec`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(source, f"not valid TOML: {exc}") from None
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise SpecError(f"{source}: {key}", f"unknown key{_suggest(key, TOP_LEVEL)}; a sweep has "
+                                                f"{', '.join(TOP_LEVEL)}")
+    base = _options(raw.get("base", {}), "base", source)
+    if "seeds" in raw:
+        base["seeds"] = _seeds(raw["seeds"], base.get("seed", 0), source)
+    elif isinstance(base.get("seeds"), int):
+        base["seeds"] = _seeds(base["seeds"], base.get("seed", 0), source)
+    grid = _axes(raw.get("grid", {}), "grid", source)
+    zipped = _axes(raw.get("zip", {}), "zip", source)
+    lengths = {key: len(values) for key, values in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise SpecError(f"{source}: zip", f"zipped axes must have equal lengths (got {lengths})")
+    both = sorted(set(grid) & set(zipped))
+    if both:
+        raise SpecError(f"{source}: zip.{both[0]}", "is also a grid axis")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{source}: name", "must be a non-empty string")
+    finding = _finding(raw["finding"], source) if "finding" in raw else None
+    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text)
+    if finding is not None and finding.expect == "lowest-at":
+        labels = [spec.label(config) for config in spec.runs()]
+        if finding.at not in labels:
+            raise SpecError(f"{source}: finding.at", f"{finding.at!r} is not a run of the sweep; its runs are "
+                                                     f"{', '.join(labels)}")
+    spec.runs()  # every configuration must be valid before anything runs
+    return spec
+
+
+def _finding(table: Any, source: str) -> Finding:
+    if not isinstance(table, dict):
+        raise SpecError(f"{source}: finding", "must be a table")
+    for key in table:
+        if key not in FINDING_KEYS:
+            raise SpecError(f"{source}: finding.{key}", f"unknown key{_suggest(key, FINDING_KEYS)}")
+    for key in ("statement", "metric", "expect"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise SpecError(f"{source}: finding.{key}", "required, a non-empty string")
+    if table["expect"] not in EXPECTATIONS:
+        raise SpecError(f"{source}: finding.expect", f"one of {', '.join(EXPECTATIONS)} (got {table['expect']!r})")
+    if (table["expect"] == "lowest-at") != ("at" in table):
+        raise SpecError(f"{source}: finding.at", "names the run (its label, e.g. 'softclip_s=5') exactly when "
+                                                 "expect is lowest-at")
+    if table.get("reference") not in (None, "1/x"):
+        raise SpecError(f"{source}: finding.reference", f"the only reference is '1/x' (got {table['reference']!r})")
+    return Finding(table["statement"], table["metric"], table["expect"], table.get("at"), table.get("reference"))
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _options(table: Any, where: str, source: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise SpecError(f"{source}: {where}", "must be a table of options")
+    known = [f.name for f in dataclasses.fields(RunConfig)]
+    options = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise SpecError(f"{source}: {where}.{key}", f"unknown option{_suggest(name, known)}")
+        options[name] = value
+    return options
+
+
+def _axes(table: Any, where: str, source: str) -> dict[str, list[Any]]:
+    axes = _options(table, where, source)
+    for key, values in axes.items():
+        if not isinstance(values, list):
+            raise SpecError(f"{source}: {where}.{key}", f"an axis is a list of values (got {values!r})")
+        if not values:
+            raise SpecError(f"{source}: {where}.{key}", "empty axis: give at least one value")
+    return axes
+
+
+def _seeds(value: Any, first: int, source: str) -> list[int]:
+    if isinstance(value, bool) or not isinstance(value, int | list):
+        raise SpecError(f"{source}: seeds", f"a count or a list of seeds (got {value!r})")
+    if isinstance(value, int):
+        if value < 1:
+            raise SpecError(f"{source}: seeds", f"the number of seeds must be at least 1 (got {value})")
+        return list(range(first, first + value))
+    return value
+
+
+def _suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
