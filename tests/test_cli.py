@@ -243,3 +243,35 @@ def test_console_script(tmp_path):
     assert "--batch-size" in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_tensorboard_events_hold_the_metrics(tmp_path, capsys):
+    """--tensorboard writes every checkpoint's grad_sq_norm per seed and the seed mean, as metrics.csv has them."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    assert main(["train", "--hidden", "8", "--depth", "1", "--steps", "20", "--eval-every", "10", "--seeds", "2",
+                 "--no-constants", "--quiet", "--out", str(out), "--tensorboard", str(logs)]) == 0
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    with (out / "metrics.csv").open(newline="") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    for seed in (0, 1):
+        logged = [(e.step, e.value) for e in events.Scalars(f"grad_sq_norm/seed{seed}")]
+        expected = [(int(r["step"]), r["grad_sq_norm"]) for r in rows if r["seed"] == seed]
+        assert [s for s, _ in logged] == [s for s, _ in expected] == [0, 10, 20]
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
+    mean = [e.value for e in events.Scalars("grad_sq_norm/mean")]
+    assert mean[-1] == pytest.approx(sum(r["grad_sq_norm"] for r in rows if r["step"] == 20) / 2, rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "5", "--quiet", "--out", str(out), "--tensorboard", str(tmp_path / "tb")]) == 2
+    assert "--tensorboard: needs the tensorboard package" in capsys.readouterr().err
+    assert not out.exists()

@@ -105,6 +105,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="Monte Carlo draws of the full-objective gradient")
     g.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write the scalars as TensorBoard events into DIR (needs the tensorboard package)")
     p.set_defaults(handler=_run_train)
 
 
@@ -316,6 +318,10 @@ def _run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError("--out", f"{args.out} exists and is not a directory")
+    if args.tensorboard is not None:
+        from .report.tensorboard import require_tensorboard
+
+        require_tensorboard()
     dataset = load_dataset(config)
     try:
         result = train(config, dataset, progress=not args.quiet)
@@ -323,6 +329,10 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"vaeconverge train: {exc}; nothing written to {args.out}", file=sys.stderr)
         return 1
     out = write_run(args.out, result)
+    if args.tensorboard is not None:
+        from .report.tensorboard import write_scalars
+
+        write_scalars(args.tensorboard, result.metrics)
     s = result.summary
     log_lik = "n/a" if s["log_likelihood"] is None else f"{s['log_likelihood']:.6g}"
     state = " (interrupted)" if s["interrupted"] else ""

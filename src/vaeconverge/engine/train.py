@@ -49,7 +49,7 @@ METRIC_COLUMNS = (
 
 
 # The default number of checkpoints: a full-data gradient costs up to about as much per example as a training
-# step (0.6x for 8 vectorised digits MLPs; 0.75x hot and more in a run for the compute-bound 784-512-16 MLP,
+# step (0.5x for 8 vectorised digits MLPs; 0.75x hot and more in a run for the compute-bound 784-512-16 MLP,
 # benchmarks/diagnostics_overhead.py), so the checkpoints' full-data passes may see at most this fraction of
 # the examples the training sees, within [CHECKPOINTS_MIN, CHECKPOINTS_MAX].
 CHECKPOINT_BUDGET = 0.05

@@ -5,6 +5,7 @@ applies), and the studied quantity at the end of the runs against the axis, with
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,33 +69,40 @@ def plot_curves(runs: Sequence[StudyRun], path: str | Path, title: str) -> None:
 
 
 def plot_trend(runs: Sequence[StudyRun], finding: Finding | None, path: str | Path, title: str) -> None:
-    """The studied metric (the finding's, else the final ||grad L||^2) of each run against its axis label,
-    with the spread over seeds where the summary has one and the finding's 1/x reference."""
-    metric = finding.metric if finding else "grad_sq_norm"
+    """The final ||grad L||^2 of each run against its axis label (spread over seeds as error bars) with the
+    finding's 1/x reference, and, beside it, the finding's own metric when that is another quantity."""
+    metrics = ["grad_sq_norm"] + ([finding.metric] if finding and finding.metric != "grad_sq_norm" else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), constrained_layout=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        reference = finding.reference if finding and finding.metric == metric else None
+        _trend_panel(ax, runs, metric, reference)
+    fig.suptitle(textwrap.fill(title, 90 * len(metrics)), fontsize=10)
+    fig.savefig(path, dpi=100, format="png", metadata=PNG_METADATA)
+    plt.close(fig)
+
+
+def _trend_panel(ax: plt.Axes, runs: Sequence[StudyRun], metric: str, reference: str | None) -> None:
     labels = [run.label for run in runs]
     values = [metric_of(run.summary, metric) for run in runs]
     numeric = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan for v in values]
     spread = [metric_of(run.summary, f"bands.{metric}.std") for run in runs]
     errors = [s if isinstance(s, float) and math.isfinite(s) else 0.0 for s in spread]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     x = np.arange(len(runs))
     ax.errorbar(x, numeric, yerr=errors, fmt="o-", color="C0", capsize=3, label=f"measured {metric}")
-    if finding and finding.reference == "1/x" and runs and math.isfinite(numeric[0]):
+    if reference == "1/x" and runs and math.isfinite(numeric[0]):
         axis_values = [_axis_value(label) for label in labels]
         if all(v is not None and v > 0 for v in axis_values):
             first = axis_values[0]
             ax.plot(x, [numeric[0] * first / v for v in axis_values], "k--", lw=1, label="theory: $\\propto 1/x$")
-    positive = [v for v in numeric if math.isfinite(v)]
-    if positive and min(positive) > 0 and max(positive) / min(positive) > 20:
+    finite = [v for v in numeric if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 20:
         ax.set_yscale("log")
-    ax.set_xticks(x, labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
-                  fontsize=8)
-    ax.set_ylabel(metric)
+    tilted = len(labels) > 3
+    ax.set_xticks(x, labels, rotation=20 if tilted else 0, ha="right" if tilted else "center", fontsize=8)
+    ax.set_ylabel(metric if metric != "grad_sq_norm" else "final $\\|\\nabla L\\|^2$ (seed mean)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=100, format="png", metadata=PNG_METADATA)
-    plt.close(fig)
 
 
 def _axis_value(label: str) -> float | None:
