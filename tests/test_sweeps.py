@@ -181,6 +181,14 @@ def test_sweep_status_counts_runs(tmp_path, capsys):
     assert "no store" in capsys.readouterr().err
 
 
+def test_a_corrupt_store_is_a_clear_error_and_is_left_as_it_was(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    db.write_bytes(b"not a database, " * 100)
+    assert main(["sweep", "status", str(db)]) == 2
+    assert "not a usable vaeconverge store" in capsys.readouterr().err
+    assert db.read_bytes() == b"not a database, " * 100
+
+
 def test_load_spec_reads_a_file(tmp_path):
     path = tmp_path / "named-by-file.toml"
     path.write_text(SMALL.replace('name = "small"\n', ""))

@@ -90,12 +90,10 @@ class SweepSpec:
         for point in itertools.product(*self.grid.values()):
             for varied in zipped or [{}]:
                 values = {**self.base, **dict(zip(self.grid, point, strict=True)), **varied}
-                label = ", ".join(f"{key}={values[key]!r}" for key in self.axes) or "the base run"
                 try:
                     configs.append(RunConfig.from_dict(values).validate())
-                except ConfigError as exc:
-                    raise SpecError(f"run {label}", str(exc)) from None
-                except TypeError as exc:  # a value of the wrong kind for its option
+                except (ConfigError, TypeError) as exc:  # TypeError: a value of the wrong kind for its option
+                    label = ", ".join(f"{key}={_shown(values[key])}" for key in self.axes) or "the base run"
                     raise SpecError(f"run {label}", str(exc)) from None
         return configs
 
