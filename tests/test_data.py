@@ -230,11 +230,11 @@ def test_non_numeric_array(tmp_path):
 
 
 def test_unknown_builtin_name():
-    """A name that is neither built in nor looks like a path lists the built-in data sets."""
+    """A name that is neither built in nor looks like a path lists the data sets known by name."""
     with pytest.raises(ConfigError) as info:
-        load_dataset(RunConfig(data="mnist"))
+        load_dataset(RunConfig(data="cifar10"))
     assert info.value.option == "--data"
-    assert "digits" in str(info.value) and "synthetic-linear" in str(info.value)
+    assert all(name in str(info.value) for name in ("digits", "synthetic-linear", "mnist", "fashion-mnist"))
 
 
 def test_check_data_accepts_valid_tensor():

@@ -48,7 +48,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint.pt into --out.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data,
-                   help="digits | synthetic-linear | path to an N x D .npy, .npz or .csv file")
+                   help="digits | synthetic-linear | mnist | fashion-mnist (from --data-dir) | path to an N x D "
+                        ".npy, .npz or .csv file")
+    g.add_argument("--data-dir", default=d.data_dir,
+                   help="folder of the local data sets, one subfolder each (default: $VAECONVERGE_DATA or ./data)")
     g.add_argument("--n-samples", type=int, default=s.n_samples, help="synthetic-linear: examples N")
     g.add_argument("--data-dim", type=int, default=s.data_dim, help="synthetic-linear: dimension D")
     g.add_argument("--true-latent-dim", type=int, default=s.latent_dim, help="synthetic-linear: true k")

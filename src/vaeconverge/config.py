@@ -45,6 +45,7 @@ class RunConfig:
 
     # data
     data: str = "digits"
+    data_dir: str | None = None  # folder of the local data sets (mnist, ...); None: $VAECONVERGE_DATA or ./data
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # model
     model: str = "mlp"

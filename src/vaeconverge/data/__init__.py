@@ -10,6 +10,7 @@ from ..config import BUILTIN_DATA, ConfigError, RunConfig
 from .arrays import load_array_file
 from .batches import PermutationBatches
 from .digits import load_digits_tensor
+from .local_files import LOCAL_DATA, load_local
 from .synthetic import SyntheticLinear, make_synthetic_linear
 
 __all__ = [
@@ -40,11 +41,14 @@ def load_dataset(config: RunConfig) -> Dataset:
         s = config.synthetic
         truth = make_synthetic_linear(s.n_samples, s.data_dim, s.latent_dim, s.noise_std, s.seed)
         x = truth.x
+    elif config.data in LOCAL_DATA:
+        x = load_local(config.data, config.data_dir)
     elif "." in config.data or "/" in config.data:
         x = load_array_file(config.data)
     else:
         raise ConfigError(
-            "--data", f"unknown data set {config.data!r}; use one of {', '.join(BUILTIN_DATA)} or a file path"
+            "--data", f"unknown data set {config.data!r}; use one of {', '.join(BUILTIN_DATA + LOCAL_DATA)} or a "
+            "file path"
         )
     check_data(x, config.likelihood, config.batch_size)
     return Dataset(name=config.data, x=x, truth=truth)

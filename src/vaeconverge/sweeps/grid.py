@@ -35,8 +35,8 @@ from ..config import ConfigError, RunConfig
 TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "finding")
 EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
-# Options that change how a run executes, not what it computes: left out of its identifier.
-EXECUTION_ONLY = ("threads",)
+# Options that change how a run executes or where its files are, not what it computes: left out of its identifier.
+EXECUTION_ONLY = ("threads", "data_dir")
 
 
 class SpecError(ValueError):

@@ -1,0 +1,86 @@
+"""Local image data sets read from their standard files: MNIST and Fashion-MNIST idx files (plain or gzip),
+written here byte for byte in the official format, and every way such a folder can be wrong."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaeconverge.cli import main
+from vaeconverge.config import ConfigError, RunConfig
+from vaeconverge.data import load_dataset
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    """The idx encoding: magic 0x00000803 (unsigned bytes, 3 dimensions), big-endian sizes, then the pixels."""
+    header = bytes([0, 0, 0x08, images.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in images.shape)
+    return header + images.astype(np.uint8).tobytes()
+
+
+def pixels(n: int = 40, side: int = 28) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(n, side, side), dtype=np.uint8)
+
+
+def write(folder: Path, data: bytes, gz: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+@pytest.mark.parametrize(("name", "subfolder", "gz"), [
+    ("mnist", "mnist", False), ("mnist", "MNIST/raw", True), ("fashion-mnist", "fashion-mnist", True),
+    ("fashion-mnist", "FashionMNIST/raw", False),
+])
+def test_idx_files_round_trip_to_scaled_pixels(tmp_path, name, subfolder, gz):
+    images = pixels()
+    write(tmp_path / subfolder, idx_images(images), gz)
+    x = load_dataset(RunConfig(data=name, data_dir=str(tmp_path), batch_size=8)).x
+    assert x.shape == (40, 784) and x.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(images.reshape(40, -1)).float() / 255)
+
+
+def test_the_data_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    write(tmp_path / "mnist", idx_images(pixels(10)))
+    monkeypatch.setenv("VAECONVERGE_DATA", str(tmp_path))
+    assert load_dataset(RunConfig(data="mnist", batch_size=8)).x.shape == (10, 784)
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "no train-images-idx3-ubyte or train-images-idx3-ubyte.gz in"),
+    (idx_images(pixels())[:-100], "truncated or corrupt: its header announces 40 images of 28x28"),
+    (b"\x00\x00\x08", "not an idx file of unsigned bytes"),
+    (b"\x00\x00\x0d\x03" + bytes(12), "not an idx file of unsigned bytes"),
+    (idx_images(np.zeros((5, 784), np.uint8)), "expected an idx image file with 3 dimensions, found 2"),
+    (idx_images(pixels(5, side=32)), "expected 28x28 images for mnist, found 32x32"),
+])
+def test_a_wrong_folder_or_file_is_named(tmp_path, content, problem):
+    if content is not None:
+        write(tmp_path / "mnist", content)
+    with pytest.raises(ConfigError) as info:
+        load_dataset(RunConfig(data="mnist", data_dir=str(tmp_path), batch_size=4))
+    assert problem in str(info.value)
+    if content is not None:
+        assert "train-images-idx3-ubyte" in str(info.value)  # the file is named
+
+
+def test_a_cut_gzip_file_is_named(tmp_path):
+    path = write(tmp_path / "mnist", idx_images(pixels()), gz=True)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ConfigError, match=r"train-images-idx3-ubyte\.gz: cannot be read"):
+        load_dataset(RunConfig(data="mnist", data_dir=str(tmp_path), batch_size=4))
+
+
+def test_train_on_mnist_files_from_the_cli(tmp_path, capsys):
+    write(tmp_path / "data" / "mnist", idx_images(pixels(64)))
+    out = tmp_path / "run"
+    assert main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "data"), "--hidden", "16", "--depth", "1",
+                 "--batch-size", "16", "--steps", "10", "--no-constants", "--quiet", "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+    assert main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "none"), "--quiet",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "--data-dir: mnist: no train-images-idx3-ubyte" in capsys.readouterr().err
