@@ -4,6 +4,8 @@ written here byte for byte in the official format, and every way such a folder c
 from __future__ import annotations
 
 import gzip
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,68 @@ def test_train_on_mnist_files_from_the_cli(tmp_path, capsys):
     assert main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "none"), "--quiet",
                  "--out", str(tmp_path / "other")]) == 2
     assert "--data-dir: mnist: no train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def cifar_batch(n: int = 12, values: int = 3072) -> dict:
+    """A CIFAR-100 "python version" training batch: the dictionary the official files pickle."""
+    rng = np.random.default_rng(1)
+    return {b"filenames": [f"img_{i}.png".encode() for i in range(n)], b"batch_label": b"training batch 1 of 1",
+            b"fine_labels": rng.integers(0, 100, n).tolist(), b"coarse_labels": rng.integers(0, 20, n).tolist(),
+            b"data": rng.integers(0, 256, size=(n, values), dtype=np.uint8)}
+
+
+def write_cifar(root: Path, batch: object, protocol: int = 2) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train").write_bytes(pickle.dumps(batch, protocol=protocol))
+    return folder / "train"
+
+
+def test_cifar100_pickles_round_trip_channel_first(tmp_path):
+    batch = cifar_batch()
+    write_cifar(tmp_path, batch)
+    x = load_dataset(RunConfig(data="cifar100", data_dir=str(tmp_path), batch_size=4)).x
+    assert x.shape == (12, 3072)
+    assert torch.equal(x, torch.from_numpy(batch[b"data"]).float() / 255)
+
+
+class Payload:
+    """What a malicious pickle would smuggle in: a call at load time."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > " + str(MARK),))
+
+
+MARK = Path("/tmp/vaeconverge-unpickler-mark")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("missing", "cifar100: no"),
+    ({b"data": Payload()}, "refused to load posix.system"),
+    (b"truncated", "not a readable CIFAR-100 file"),
+    ([1, 2, 3], "expected a dictionary, found list"),
+    ({b"labels": [1]}, "no uint8 image array under b'data'"),
+    ("wrong-size", "expected 3072 values per image (3 channels x 32 x 32), found 1024"),
+])
+def test_a_wrong_cifar_folder_or_file_is_named(tmp_path, content, problem):
+    MARK.unlink(missing_ok=True)
+    if content == "wrong-size":
+        write_cifar(tmp_path, cifar_batch(values=1024))
+    elif isinstance(content, bytes):
+        path = write_cifar(tmp_path, cifar_batch())
+        path.write_bytes(path.read_bytes()[:200])
+    elif content != "missing":
+        write_cifar(tmp_path, content)
+    with pytest.raises(ConfigError) as info:
+        load_dataset(RunConfig(data="cifar100", data_dir=str(tmp_path), batch_size=4))
+    assert problem in str(info.value)
+    assert not MARK.exists()  # nothing in the file ran
+
+
+def test_data_list_says_where_each_set_is_looked_for_and_whether_it_is_there(tmp_path, capsys):
+    write(tmp_path / "MNIST" / "raw", idx_images(pixels(3)), gz=True)
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "present" in lines["mnist"] and "MNIST/raw/train-images-idx3-ubyte.gz" in lines["mnist"]
+    assert "absent" in lines["fashion-mnist"] and "absent" in lines["cifar100"]
+    assert str(tmp_path / "cifar-100-python" / "train") in lines["cifar100"]

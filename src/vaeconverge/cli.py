@@ -1,4 +1,4 @@
-"""Command line: ``vaeconverge train | bound | sweep | report | reproduce``. Invalid input exits with status 2
+"""Command line: ``vaeconverge train | bound | sweep | report | reproduce | data``. Invalid input exits with status 2
 and one line naming the option (or the sweep file's key or line)."""
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint.pt into --out.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data,
-                   help="digits | synthetic-linear | mnist | fashion-mnist (from --data-dir) | path to an N x D "
-                        ".npy, .npz or .csv file")
+                   help="digits | synthetic-linear | mnist | fashion-mnist | cifar100 (from --data-dir) | path to "
+                        "an N x D .npy, .npz or .csv file")
     g.add_argument("--data-dir", default=d.data_dir,
                    help="folder of the local data sets, one subfolder each (default: $VAECONVERGE_DATA or ./data)")
     g.add_argument("--n-samples", type=int, default=s.n_samples, help="synthetic-linear: examples N")
@@ -292,6 +292,27 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0 if counts["done"] == sum(counts.values()) else 1
 
 
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="the local data sets: where they are looked for, and whether they are there",
+                       description="vaeconverge data list: each local data set, the files it is read from, and "
+                                   "whether they are present.")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--data-dir", help="folder of the local data sets (default: $VAECONVERGE_DATA or ./data)")
+    p.set_defaults(handler=_run_data)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from .data.local_files import LOCAL_DATA, data_root, expected_files
+
+    print(f"local data sets under {data_root(args.data_dir)}:")
+    for name in LOCAL_DATA:
+        files = expected_files(name, args.data_dir)
+        found = next((path for path in files if path.is_file()), None)
+        state = f"present ({found})" if found else "absent; looked for " + " | ".join(str(f) for f in files)
+        print(f"  {name:<14} {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeconverge", description="Train VAEs with convergence guarantees you can see.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -300,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_parser(sub)
     _report_parser(sub)
     _reproduce_parser(sub)
+    _data_parser(sub)
     return parser
 
 

@@ -1,12 +1,15 @@
 """Image data sets read from their standard distribution files in a local folder (nothing is downloaded at
-run time): MNIST and Fashion-MNIST as idx files, plain or gzipped. The folder is ``--data-dir``, else
-``$VAECONVERGE_DATA``, else ``./data``; each set lives in a subfolder named after it (torchvision's
-``MNIST/raw`` and ``FashionMNIST/raw`` layouts are found too)."""
+run time): MNIST and Fashion-MNIST as idx files, plain or gzipped; CIFAR-100 as its "python version"
+pickles, read by an unpickler that admits only the numpy arrays those files hold. The folder is
+``--data-dir``, else ``$VAECONVERGE_DATA``, else ``./data``; MNIST and Fashion-MNIST live in subfolders named
+after them (torchvision's ``MNIST/raw`` and ``FashionMNIST/raw`` are found too), CIFAR-100 in
+``cifar-100-python/`` as its archive unpacks."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,11 @@ IDX_SETS = {  # name -> (subfolders searched, training-image file, image side)
     "mnist": (("mnist", "MNIST/raw"), "train-images-idx3-ubyte", 28),
     "fashion-mnist": (("fashion-mnist", "FashionMNIST/raw"), "train-images-idx3-ubyte", 28),
 }
-LOCAL_DATA = tuple(IDX_SETS)
+CIFAR100 = ("cifar-100-python", "train", 3 * 32 * 32)  # subfolder, training file, values per image
+LOCAL_DATA = (*IDX_SETS, "cifar100")
+# What a CIFAR-100 pickle may reference: numpy's array reconstruction (its module moved in numpy 2).
+_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -27,12 +34,25 @@ def data_root(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("VAECONVERGE_DATA") or "data")
 
 
+def expected_files(name: str, data_dir: str | None) -> list[Path]:
+    """The files data set ``name`` is read from, any one of which will do."""
+    root = data_root(data_dir)
+    if name == "cifar100":
+        return [root / CIFAR100[0] / CIFAR100[1]]
+    subfolders, stem, _ = IDX_SETS[name]
+    return [root / sub / f"{stem}{ext}" for sub in subfolders for ext in ("", ".gz")]
+
+
 def load_local(name: str, data_dir: str | None) -> torch.Tensor:
-    """The training images of data set ``name`` as an (N, pixels) float tensor in [0, 1]."""
+    """The training images of data set ``name`` as an (N, pixels) float tensor in [0, 1] (channel-first)."""
+    images = _cifar100(data_dir) if name == "cifar100" else _idx_set(name, data_dir)
+    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+
+
+def _idx_set(name: str, data_dir: str | None) -> np.ndarray:
     subfolders, stem, side = IDX_SETS[name]
     root = data_root(data_dir)
-    candidates = [root / sub / f"{stem}{ext}" for sub in subfolders for ext in ("", ".gz")]
-    found = next((path for path in candidates if path.is_file()), None)
+    found = next((path for path in expected_files(name, data_dir) if path.is_file()), None)
     if found is None:
         where = " or ".join(str(root / sub) for sub in subfolders)
         raise ConfigError("--data-dir", f"{name}: no {stem} or {stem}.gz in {where} (the standard idx files of "
@@ -41,7 +61,44 @@ def load_local(name: str, data_dir: str | None) -> torch.Tensor:
     if images.shape[1:] != (side, side):
         raise ConfigError("--data", f"{found}: expected {side}x{side} images for {name}, found "
                                     f"{images.shape[1]}x{images.shape[2]}")
-    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    return images
+
+
+def _cifar100(data_dir: str | None) -> np.ndarray:
+    folder, _, values = CIFAR100
+    (path,) = expected_files("cifar100", data_dir)
+    if not path.is_file():
+        raise ConfigError("--data-dir", f"cifar100: no {path} (the \"python version\" archive unpacked: "
+                                        f"{folder}/train, test, meta; set --data-dir or VAECONVERGE_DATA)")
+    batch = read_cifar_pickle(path)
+    images = batch.get(b"data")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
+        raise ConfigError("--data", f"{path}: no uint8 image array under b'data' (found {type(images).__name__})")
+    if images.shape[1] != values:
+        raise ConfigError("--data", f"{path}: expected {values} values per image (3 channels x 32 x 32), found "
+                                    f"{images.shape[1]}")
+    return images
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only what :data:`_PICKLE_ALLOWED` names: a CIFAR file runs no other code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}, which a CIFAR-100 file does not contain")
+
+
+def read_cifar_pickle(path: Path) -> dict:
+    """One CIFAR "python version" batch file: a dictionary with bytes keys (b'data', b'fine_labels', ...)."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _RestrictedUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError("--data", f"{path}: not a readable CIFAR-100 file ({exc or 'truncated'})") from None
+    if not isinstance(batch, dict):
+        raise ConfigError("--data", f"{path}: expected a dictionary, found {type(batch).__name__}")
+    return batch
 
 
 def read_idx_images(path: Path) -> np.ndarray:
