@@ -293,17 +293,34 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _data_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="the local data sets: where they are looked for, and whether they are there",
+    p = sub.add_parser("data", help="the local data sets: where they are looked for, whether they are there; "
+                                    "fetch one from a mirror",
                        description="vaeconverge data list: each local data set, the files it is read from, and "
-                                   "whether they are present.")
-    p.add_argument("action", choices=("list",))
+                                   "whether they are present. vaeconverge data download NAME --mirror URL: fetch "
+                                   "NAME's standard files from URL into the data folder, checked against their "
+                                   "published MD5 (a mismatch or an interrupted transfer keeps nothing).")
+    p.add_argument("action", choices=("list", "download"))
+    p.add_argument("name", nargs="?", help="download: the data set")
+    p.add_argument("--mirror", help="download: base URL holding the standard files")
     p.add_argument("--data-dir", help="folder of the local data sets (default: $VAECONVERGE_DATA or ./data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_data)
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    from .data.download import REMOTE_FILES, download
     from .data.local_files import LOCAL_DATA, data_root, expected_files
 
+    if args.action == "download":
+        if args.name not in REMOTE_FILES:
+            raise ConfigError("data download", f"name one of {', '.join(REMOTE_FILES)} (got {args.name!r})")
+        if not args.mirror:
+            raise ConfigError("--mirror", "give the base URL of a mirror holding the standard files")
+        kept = download(REMOTE_FILES[args.name], args.mirror, data_root(args.data_dir), progress=not args.quiet)
+        print(f"{args.name}: " + ", ".join(str(path) for path in kept) + " (MD5 verified)")
+        return 0
+    if args.name is not None:
+        raise ConfigError("data list", f"takes no data set name (got {args.name!r})")
     print(f"local data sets under {data_root(args.data_dir)}:")
     for name in LOCAL_DATA:
         files = expected_files(name, args.data_dir)
