@@ -4,6 +4,8 @@ written here byte for byte in the official format, and every way such a folder c
 from __future__ import annotations
 
 import gzip
+import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -151,3 +153,15 @@ def test_data_list_says_where_each_set_is_looked_for_and_whether_it_is_there(tmp
     assert "present" in lines["mnist"] and "MNIST/raw/train-images-idx3-ubyte.gz" in lines["mnist"]
     assert "absent" in lines["fashion-mnist"] and "absent" in lines["cifar100"]
     assert str(tmp_path / "cifar-100-python" / "train") in lines["cifar100"]
+
+
+def test_train_conv32_on_cifar100_files_from_the_cli(tmp_path, capsys):
+    """The paper's CIFAR-100 network trains from the standard files (channel-first 3x32x32 images)."""
+    write_cifar(tmp_path / "data", cifar_batch(n=8))
+    out = tmp_path / "run"
+    assert main(["train", "--data", "cifar100", "--data-dir", str(tmp_path / "data"), "--model", "conv32",
+                 "--latent-dim", "4", "--activation", "softclip", "--batch-size", "4", "--steps", "3",
+                 "--eval-every", "3", "--no-constants", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == {"name": "cifar100", "n": 8, "dim": 3072}
+    assert math.isfinite(summary["grad_sq_norm"])
