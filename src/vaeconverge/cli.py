@@ -89,7 +89,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, default=d.steps, help="iterations n")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the run (the first seed with --seeds T)")
     g.add_argument("--seeds", type=_seeds, default=None, metavar="T|S1,S2,...",
-                   help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one vectorised pass")
+                   help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one pass")
     g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm, metavar="MAX",
                    help="clip each replica's gradient to this Euclidean norm")
     g.add_argument("--threads", type=int, default=d.threads,

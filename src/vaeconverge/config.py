@@ -73,7 +73,7 @@ class RunConfig:
     schedule_power: float = 0.5
     steps: int = 3000
     seed: int = 0
-    seeds: tuple[int, ...] = ()  # replicas trained together in one vectorised pass; () means (seed,)
+    seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
     clip_grad_norm: float | None = None  # clip each replica's gradient to this Euclidean norm
     threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/plan.py)
     # diagnostics
