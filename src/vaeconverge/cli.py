@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from . import config as cfg
 from .config import ConfigError, RunConfig, SyntheticConfig
+from .engine.plan import available_cores
 
 if TYPE_CHECKING:
     from .sweeps import Store
@@ -166,17 +166,13 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC.toml", help="the sweep file (or 'status')")
     p.add_argument("database", nargs="?", type=Path, help=argparse.SUPPRESS)  # of 'sweep status DB'
     p.add_argument("--store", type=Path, help="the SQLite result store (created if absent)")
-    p.add_argument("--jobs", type=int, default=_cores(),
+    p.add_argument("--jobs", type=int, default=available_cores(),
                    help="runs at once: 1 runs them in this process, more in a pool of worker processes "
                         "(default: %(default)s, the cores)")
     p.add_argument("--retry-failed", action="store_true", help="run the sweep's failed runs again")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.set_defaults(handler=_run_sweep)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -234,15 +230,14 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report.page import study_verdicts, write_report
+    from .report.page import write_report
     from .sweeps import Store, StoreError
 
     if not args.database.is_file():
         raise ConfigError("report", f"no store at {args.database}")
     try:
         with Store(args.database) as store:
-            page = write_report(store, args.out)
-            verdicts = study_verdicts(store)
+            page, verdicts = write_report(store, args.out)
     except StoreError as exc:
         raise ConfigError("report", str(exc)) from None
     _print_verdicts(verdicts)
@@ -263,13 +258,13 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="short runs: the six studies in minutes on 2 cores")
     p.add_argument("--data", help="data for every study instead of the embedded digits (as train's --data)")
     p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce, runs/reproduce-quick)")
-    p.add_argument("--jobs", type=int, default=_cores(), help="runs at once (default: %(default)s, the cores)")
+    p.add_argument("--jobs", type=int, default=available_cores(), help="runs at once (default: %(default)s, the cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_reproduce)
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from .report.page import study_verdicts, write_report
+    from .report.page import write_report
     from .sweeps import SpecError, StoreError
     from .sweeps.reproduce import reproduce
 
@@ -278,8 +273,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
     try:
         with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet) as store:
-            page = write_report(store, out)
-            verdicts = study_verdicts(store)
+            page, verdicts = write_report(store, out)
             counts = store.counts()
     except KeyboardInterrupt:
         print(f"vaeconverge reproduce: interrupted; run the same command to resume ({out / 'results.db'})",

@@ -46,13 +46,17 @@ def step_flops(forward: Callable[..., torch.Tensor], *args: torch.Tensor) -> int
     return 3 * counter.get_total_flops()
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def plan(replica_flops: float, replicas: int, requested_threads: int | None = None, loop: bool = False) -> Plan:
     """The layout and thread count for ``replicas`` replicas whose steps cost ``replica_flops`` each.
     ``requested_threads`` overrides the thread count; ``loop`` forces the looped layout (for optimizers that
     must see each replica's parameters in their own shapes)."""
     small = replica_flops < LOOP_FLOPS
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = 1 if small and replicas == 1 else cores
+    threads = 1 if small and replicas == 1 else available_cores()
     return Plan(small and not loop, threads if requested_threads is None else requested_threads)
 
 

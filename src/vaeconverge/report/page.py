@@ -21,11 +21,12 @@ th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
 .agrees{color:#176b1e}.disagrees{color:#a11}.undecided{color:#777}"""
 
 
-def write_report(store: Store, out_dir: str | Path) -> Path:
-    """Write ``out_dir/<sweep>/curves.png``, ``trend.png`` and ``out_dir/index.html``; return the page."""
+def write_report(store: Store, out_dir: str | Path) -> tuple[Path, dict[str, Verdict | None]]:
+    """Write ``out_dir/<sweep>/curves.png``, ``trend.png`` and ``out_dir/index.html``; return the page and
+    each sweep's verdict on its finding (None for a sweep that states none)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, verdicts = [], {}
     for name, text in store.sweeps():
         spec = parse_spec(text, f"sweep {name} in {store.path}")
         runs = [StudyRun(spec.label(run.config), run.status, store.metrics(run.id), run.summary)
@@ -35,24 +36,14 @@ def write_report(store: Store, out_dir: str | Path) -> Path:
         plot_curves(runs, folder / "curves.png", f"{name}: convergence along {', '.join(spec.axes) or 'the run'}")
         plot_trend(runs, spec.finding, folder / "trend.png", spec.finding.statement if spec.finding else name)
         verdict = check(spec.finding, [r.label for r in runs], [r.summary for r in runs]) if spec.finding else None
+        verdicts[name] = verdict
         sections.append(_section(spec, runs, verdict, folder))
     page = out / "index.html"
     page.write_text("<!doctype html>\n<html><head><meta charset='utf-8'><title>vaeconverge report</title>"
                     f"<style>{_STYLE}</style></head><body>\n<h1>vaeconverge report</h1>\n"
                     f"<p>{len(sections)} studies from <code>{html.escape(store.path.name)}</code>.</p>\n"
                     + "\n".join(sections) + "\n</body></html>\n")
-    return page
-
-
-def study_verdicts(store: Store) -> dict[str, Verdict | None]:
-    """Each sweep's verdict on its finding (None for a sweep that states none)."""
-    verdicts = {}
-    for name, text in store.sweeps():
-        spec = parse_spec(text, name)
-        runs = store.runs(name)
-        verdicts[name] = check(spec.finding, [spec.label(r.config) for r in runs],
-                               [r.summary for r in runs]) if spec.finding else None
-    return verdicts
+    return page, verdicts
 
 
 def _section(spec: SweepSpec, runs: list[StudyRun], verdict: Verdict | None, folder: Path) -> str:

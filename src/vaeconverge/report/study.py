@@ -47,8 +47,8 @@ def plot_curves(runs: Sequence[StudyRun], path: str | Path, title: str) -> None:
                       if math.isfinite(row[key]) and (key != "grad_sq_norm" or row[key] > 0)]
             if points:
                 ax.plot(*zip(*points, strict=True), color=color, label=run.label)
-            band = bands(run.metrics, key)
             if len(run.metrics) > len(mean):  # several seeds
+                band = bands(run.metrics, key)
                 ax.fill_between(band["step"], band["q10"], band["q90"], color=color, alpha=0.15, lw=0)
         bound = [(s, row["bound"]) for s, row in zip(steps, mean, strict=True)
                  if math.isfinite(row.get("bound", math.nan)) and row["bound"] > 0]

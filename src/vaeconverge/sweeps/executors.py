@@ -9,12 +9,12 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from ..config import RunConfig
+from ..engine.plan import available_cores
 from .store import Outcome
 
 Task = tuple[str, RunConfig]
@@ -62,7 +62,7 @@ class ProcessPool:
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1 (got {jobs})")
         self.jobs = jobs
-        self.threads = max(1, _cores() // jobs)
+        self.threads = max(1, available_cores() // jobs)
 
     def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
         queue = iter(tasks)
@@ -94,10 +94,6 @@ def _outcome(future: futures.Future[Outcome], run_id: str) -> Outcome:
         raise  # the pool is gone: stop the sweep; a new invocation resumes it
     except Exception as exc:
         return Outcome(run_id, "failed", 0.0, error=f"worker error: {type(exc).__name__}: {exc}")
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def build_executor(jobs: int) -> Executor:
