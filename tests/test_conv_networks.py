@@ -1,18 +1,17 @@
 """The paper's conv networks conv32 / conv64: sizes by hand, flat channel-major data, leading sample
-dimensions, vmap over stacked replicas, soft-clipped heads, the data-driven start, and a short training run."""
+dimensions, looped replicas, soft-clipped heads, the data-driven start, and a short training run."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from vaeconverge.config import ConfigError, RunConfig
+from vaeconverge.engine import LoopedEnsemble, VectorisedEnsemble
+from vaeconverge.engine.train import build_ensemble
 from vaeconverge.models import build_vae
 from vaeconverge.nn import SoftClip
+from vaeconverge.nn.layers import stacks_replicas
 from vaeconverge.objectives import ELBO
 
 D32, D64 = 3 * 32 * 32, 3 * 64 * 64
@@ -77,37 +76,16 @@ def test_flat_features_are_channel_major_images() -> None:
     torch.testing.assert_close(model.decoder(z), images.flatten(1) + model.decoder.out.bias)
 
 
-class _Forward(nn.Module):
-    """Encoder statistics and decoder logits for fixed noise, as a forward that ``functional_call`` can run."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        q = self.model.encode(x)
-        return q.mean, q.logvar, self.model.decoder(q.rsample(eps))
-
-
-@pytest.mark.parametrize("activation", ["relu", "softclip"])
-def test_vmap_over_stacked_replicas_matches_plain_forwards(activation) -> None:
-    replicas = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        replica = _Forward(build_vae(conv_config(activation=activation), D32))
-        replica.model.init_from_data_(torch.rand(8, D32))  # different buffers per replica too
-        replicas.append(replica)
-    params, buffers = stack_module_state(replicas)
-    base = copy.deepcopy(replicas[0]).to("meta")
-    x, eps = torch.rand(3, D32), torch.randn(2, 3, 100)
-
-    def forward(p, b):
-        return functional_call(base, (p, b), (x, eps))
-
-    stacked = vmap(forward)(params, buffers)
-    for index, replica in enumerate(replicas):
-        for got, expected in zip(stacked, replica(x, eps), strict=True):
-            torch.testing.assert_close(got[index], expected, atol=1e-5, rtol=0)
+def test_conv_replicas_are_looped_even_when_small() -> None:
+    """Conv layers do not take stacked parameters, so a conv model trains its seeds one after another, however
+    small its step; the stacked layout refuses it by name."""
+    config = conv_config(latent_dim=4, batch_size=2, seeds=(0, 1))
+    models = [build_vae(config, D32) for _ in range(2)]
+    assert not stacks_replicas(models[0])
+    with pytest.raises(ValueError, match="do not take stacked parameters"):
+        VectorisedEnsemble(models, ELBO())
+    ensemble, chosen = build_ensemble(config, torch.rand(4, D32))
+    assert isinstance(ensemble, LoopedEnsemble) and not chosen.vectorised
 
 
 @pytest.mark.parametrize(("model_name", "data_dim"), [("conv32", 784), ("conv32", D64), ("conv64", D32)])

@@ -18,7 +18,7 @@ from vaeconverge.diagnostics.seeds import bands, seed_mean
 from vaeconverge.engine import LoopedEnsemble, VectorisedEnsemble, load_model, plan, train
 from vaeconverge.engine.ensemble import clip_replica_norms_
 from vaeconverge.models import build_vae
-from vaeconverge.objectives import ELBO
+from vaeconverge.objectives import ELBO, IWAE
 
 DIGITS = RunConfig(data="digits", hidden=64, batch_size=32, eval_every=250, eval_samples=2, constants=False)
 COMPARED = ("objective", "grad_sq_norm", "batch_grad_sq_norm")
@@ -170,3 +170,48 @@ def test_aligned_leaves_are_zero_padded_views_of_the_parameters():
     aligned(x, eps).sum().backward()
     for leaf, shape in zip(aligned.parameters(), (p.shape for p in models[0].parameters()), strict=True):
         assert torch.count_nonzero(leaf.grad[:, shape.numel():]) == 0  # the padding never moves
+
+
+@pytest.mark.parametrize(
+    ("options", "objective"),
+    [({"model": "linear", "likelihood": "gaussian", "learn_variance": True}, ELBO(samples=2, beta=0.5)),
+     ({"model": "mlp", "activation": "softclip", "likelihood": "gaussian", "learn_variance": True}, IWAE(samples=3)),
+     ({"model": "mlp", "likelihood": "bernoulli", "depth": 1}, ELBO(samples=1))],
+    ids=["linear-learned-c", "softclip-gaussian-iwae", "bernoulli-elbo"],
+)
+def test_stacked_layers_give_every_replica_its_plain_forward_and_gradient(options, objective):
+    """The stacked layout evaluates replica t's parameters on replica t's batch and noise only: per-replica
+    values and gradients equal those of the plain modules, including parameters that are one number per
+    replica (a learned decoder scale) and the Linear VAE's shared Cholesky factor."""
+    config = RunConfig(latent_dim=3, hidden=8, **options)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_vae(config, 5)
+        with torch.no_grad():  # move every parameter off its initial value, so replicas differ everywhere
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        models.append(model)
+    stacked = VectorisedEnsemble(models, objective)
+    x, eps = torch.rand(3, 4, 5), torch.randn(3, objective.samples, 4, 3)
+    values = stacked(x, eps)
+    grads = torch.autograd.grad(values.sum(), stacked.parameters())
+    shared = stacked(x[0], eps)  # one batch for every replica
+    for t, model in enumerate(models):
+        plain = objective(model, x[t], eps[t])
+        torch.testing.assert_close(values[t], plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shared[t], objective(model, x[0], eps[t]), rtol=1e-5, atol=1e-5)
+        expected = torch.autograd.grad(plain.sum(), list(model.parameters()))
+        for (name, _), got, want in zip(model.named_parameters(), replica_views(stacked, grads, t), expected,
+                                        strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def replica_views(stacked: VectorisedEnsemble, grads, t: int) -> list[torch.Tensor]:
+    """Replica t's gradients in the parameters' natural shapes, read through the ensemble's own leaf layout."""
+    shapes = [p.shape for p in stacked.template.parameters()]
+    views = []
+    for grad, shape in zip(grads, shapes, strict=True):
+        flat = grad[t, :shape.numel()]
+        views.append(flat.view(shape[1], shape[0]).T if len(shape) == 2 else flat.view(shape))
+    return views

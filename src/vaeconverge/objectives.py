@@ -1,7 +1,9 @@
 """What is optimised: per-example ELBO (K samples, KL weight beta) and the IWAE bound (K samples).
 
 An objective is a pure function of (model, batch, noise): the noise eps ~ N(0, I) of shape (K, B, latent)
-is drawn by the caller, so the same objective serves training, diagnostics and replicated runs.
+is drawn by the caller, so the same objective serves training, diagnostics and replicated runs. The sample
+dimension is counted from the right, so a model with parameters stacked over T replicas evaluates its x
+(T, B, D) and eps (T, K, B, latent) with the same code, giving values (T, B).
 Values are per example and are to be *maximised*; the training loss is their negated mean.
 """
 
@@ -43,7 +45,7 @@ class ELBO:
 
     def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         q = model.encode(x)
-        return model.log_likelihood(x, q.rsample(eps)).mean(0) - self.beta * q.kl_to_prior()
+        return model.log_likelihood(x, q.rsample(eps)).mean(-2) - self.beta * q.kl_to_prior()
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class IWAE:
         q = model.encode(x)
         z = q.rsample(eps)
         log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - q.log_prob_of_sample(eps)
-        return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])
+        return torch.logsumexp(log_w, dim=-2) - math.log(eps.shape[-3])
 
 
 class ObjectiveModule(nn.Module):

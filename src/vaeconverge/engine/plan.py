@@ -5,8 +5,9 @@ Both depend on one replica's step, not on the number of replicas T, wherever the
 numbers: replica t of a T-seed run must execute the kernels of the single run of seed t.
 
 - Layout. Below :data:`LOOP_FLOPS` a step is dominated by per-operation overhead, and evaluating all replicas
-  at once (vmap) divides that overhead by T; above it the products keep the cores busy by themselves and
-  vmap's own overhead only costs, so the replicas run one after another.
+  at once (stacked parameters, batched products) divides that overhead by T; above it the products keep the
+  cores busy by themselves, so the replicas run one after another, as do models with layers that do not take
+  stacked parameters.
 - Threads. A small step costs more in thread hand-offs than a second core gains, and one product on several
   threads may split its reduction and round differently. So a single small replica runs on one thread;
   T >= 2 small (vectorised) replicas use every core, the threads sharing out whole replicas' products
@@ -33,7 +34,8 @@ LOOP_FLOPS = 1e9
 
 @dataclass(frozen=True)
 class Plan:
-    """``vectorised``: vmap over stacked replicas, else one replica after another; ``threads``: intra-op."""
+    """``vectorised``: all replicas in one pass over stacked parameters, else one replica after another;
+    ``threads``: intra-op."""
 
     vectorised: bool
     threads: int
@@ -54,7 +56,7 @@ def available_cores() -> int:
 def plan(replica_flops: float, replicas: int, requested_threads: int | None = None, loop: bool = False) -> Plan:
     """The layout and thread count for ``replicas`` replicas whose steps cost ``replica_flops`` each.
     ``requested_threads`` overrides the thread count; ``loop`` forces the looped layout (for optimizers that
-    must see each replica's parameters in their own shapes)."""
+    must see each replica's parameters in their own shapes, and layers that do not take them stacked)."""
     small = replica_flops < LOOP_FLOPS
     threads = 1 if small and replicas == 1 else available_cores()
     return Plan(small and not loop, threads if requested_threads is None else requested_threads)

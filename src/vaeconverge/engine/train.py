@@ -22,6 +22,7 @@ from ..diagnostics import (
     smoothness,
 )
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
+from ..nn.layers import stacks_replicas
 from ..objectives import build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
@@ -160,7 +161,8 @@ def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
     objective = build_objective(config)
     eps = torch.zeros(objective.samples, min(config.batch_size, len(x)), models[0].latent_dim, dtype=x.dtype)
     flops = step_flops(partial(objective, models[0]), x[: config.batch_size], eps)
-    chosen = plan(flops, len(models), config.threads, loop=config.optimizer in COUPLING_OPTIMIZERS)
+    loop = config.optimizer in COUPLING_OPTIMIZERS or not stacks_replicas(models[0])
+    chosen = plan(flops, len(models), config.threads, loop=loop)
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen
 

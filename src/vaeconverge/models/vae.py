@@ -1,6 +1,8 @@
 """The VAE: prior N(0, I), Gaussian encoder q_phi(z | x), decoder G_theta(z) with a likelihood p_theta(x | z).
 
-The model only says what the distributions are; what is optimised lives in ``objectives.py``.
+The model only says what the distributions are; what is optimised lives in ``objectives.py``. Shapes: a batch
+x is (B, D), noise and samples are (K, B, latent); with parameters stacked over T replicas (``nn/layers.py``)
+every one of them gains a leading T, which is why sample dimensions are counted from the right.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.layers import Linear, per_replica
 from ..nn.networks import LOGVAR_HEAD_RANGE, MEAN_HEAD_RANGE, NetworkSpec, build_body, build_decoder_layers
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -36,11 +39,11 @@ class DiagonalGaussian:
 
     def rsample(self, eps: torch.Tensor) -> torch.Tensor:
         """z = mean + sigma * eps for noise eps of shape (K, B, latent)."""
-        return self.mean + (0.5 * self.logvar).exp() * eps
+        return self.mean.unsqueeze(-3) + (0.5 * self.logvar).exp().unsqueeze(-3) * eps
 
     def log_prob_of_sample(self, eps: torch.Tensor) -> torch.Tensor:
         """log q(z | x) at z = rsample(eps): log N(eps; 0, I) - (1/2) sum log var."""
-        return standard_normal_log_prob(eps) - 0.5 * self.logvar.sum(-1)
+        return standard_normal_log_prob(eps) - 0.5 * self.logvar.sum(-1).unsqueeze(-2)
 
     def kl_to_prior(self) -> torch.Tensor:
         """KL(q || N(0, I)) per example, in closed form."""
@@ -55,16 +58,21 @@ class SharedCholeskyGaussian:
     scale_tril: torch.Tensor
 
     def rsample(self, eps: torch.Tensor) -> torch.Tensor:
-        return self.mean + eps @ self.scale_tril.T
+        return self.mean.unsqueeze(-3) + eps @ self.scale_tril.mT.unsqueeze(-3)
+
+    def _log_det_tril(self) -> torch.Tensor:
+        return self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     def log_prob_of_sample(self, eps: torch.Tensor) -> torch.Tensor:
-        return standard_normal_log_prob(eps) - self.scale_tril.diagonal().log().sum()
+        log_density = standard_normal_log_prob(eps)
+        return log_density - per_replica(self._log_det_tril(), log_density)
 
     def kl_to_prior(self) -> torch.Tensor:
         # KL = (1/2) (||mean||^2 + tr(L L^T) - d - log det L L^T)
         tril = self.scale_tril
-        const = 0.5 * (tril.square().sum() - tril.shape[0]) - tril.diagonal().log().sum()
-        return 0.5 * self.mean.square().sum(-1) + const
+        const = 0.5 * (tril.square().sum((-2, -1)) - tril.shape[-1]) - self._log_det_tril()
+        mean_term = 0.5 * self.mean.square().sum(-1)
+        return mean_term + per_replica(const, mean_term)
 
 
 class Encoder(nn.Module):
@@ -87,8 +95,8 @@ class GaussianEncoder(Encoder):
     def __init__(self, data_dim: int, latent_dim: int, spec: NetworkSpec) -> None:
         super().__init__(data_dim)
         self.body, width = build_body(data_dim, spec)
-        self.mean = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(MEAN_HEAD_RANGE))
-        self.logvar = nn.Sequential(nn.Linear(width, latent_dim), spec.head_clip(LOGVAR_HEAD_RANGE))
+        self.mean = nn.Sequential(Linear(width, latent_dim), spec.head_clip(MEAN_HEAD_RANGE))
+        self.logvar = nn.Sequential(Linear(width, latent_dim), spec.head_clip(LOGVAR_HEAD_RANGE))
 
     def forward(self, x: torch.Tensor) -> DiagonalGaussian:
         h = self.body(self.standardise(x))
@@ -103,16 +111,22 @@ class LinearEncoder(Encoder):
     decoder W, which removes the slow rotational mode a diagonal covariance puts on the way to pPCA.
     """
 
+    stacks_replicas = True
+
     def __init__(self, data_dim: int, latent_dim: int) -> None:
         super().__init__(data_dim)
-        self.mean = nn.Linear(data_dim, latent_dim)
+        self.mean = Linear(data_dim, latent_dim)
         self.log_diag = nn.Parameter(torch.zeros(latent_dim))
         self.off_diag = nn.Parameter(torch.zeros(latent_dim * (latent_dim - 1) // 2))
         self.register_buffer("tril_index", torch.tril_indices(latent_dim, latent_dim, -1), persistent=False)
 
     def scale_tril(self) -> torch.Tensor:
-        tril = torch.diag(self.log_diag.exp())
-        return tril.index_put((self.tril_index[0], self.tril_index[1]), self.off_diag)
+        """L: exp(log_diag) on the diagonal, off_diag below it, written out of place so torch.func can trace it."""
+        latent = self.log_diag.shape[-1]
+        rows, cols = self.tril_index
+        strict = self.off_diag.new_zeros(*self.off_diag.shape[:-1], latent * latent)
+        strict = strict.index_add(-1, rows * latent + cols, self.off_diag).unflatten(-1, (latent, latent))
+        return strict + torch.diag_embed(self.log_diag.exp())
 
     def forward(self, x: torch.Tensor) -> SharedCholeskyGaussian:
         return SharedCholeskyGaussian(self.mean(self.standardise(x)), self.scale_tril())
@@ -134,6 +148,8 @@ class BernoulliLikelihood(nn.Module):
 
 class GaussianLikelihood(nn.Module):
     """p(x | z) = N(x; G(z), c^2 I), with c fixed or learned (stored as log c)."""
+
+    stacks_replicas = True
 
     def __init__(self, std: float | None = None, learn: bool = False) -> None:
         super().__init__()
@@ -159,7 +175,8 @@ class GaussianLikelihood(nn.Module):
     def log_prob(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         dim = x.shape[-1]
         sq = (x - mean).square().sum(-1)
-        return -0.5 * (sq / self.variance + dim * (LOG_2PI + 2.0 * self.log_std))
+        log_std = per_replica(self.log_std, sq)
+        return -0.5 * (sq / (2.0 * log_std).exp() + dim * (LOG_2PI + 2.0 * log_std))
 
 
 class VAE(nn.Module):
@@ -177,8 +194,8 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p_theta(x | z) for x (B, D) and z (..., B, latent_dim); returns shape (..., B)."""
-        return self.likelihood.log_prob(x, self.decoder(z))
+        """log p_theta(x | z) for x (B, D) and samples z (K, B, latent_dim); returns shape (K, B)."""
+        return self.likelihood.log_prob(x.unsqueeze(-3), self.decoder(z))
 
     def exact_log_prob(self, x: torch.Tensor) -> torch.Tensor | None:
         """Exact log p_theta(x) per example where the model admits it in closed form, else None."""

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .activations import SoftClip
+from .layers import Linear
 
 # Head ranges of the paper's soft-clipping networks (THEORY.md section 2).
 MEAN_HEAD_RANGE = (-50.0, 50.0)
@@ -136,7 +137,7 @@ def _conv_encoder_body(arch: ConvArchitecture, spec: NetworkSpec) -> nn.Module:
                   spec.activation_layer()]
         in_channels = out_channels
     c, h, w = arch.feature_shape
-    return nn.Sequential(FlatImageLayers(arch.image, *convs), nn.Linear(c * h * w, arch.hidden),
+    return nn.Sequential(FlatImageLayers(arch.image, *convs), Linear(c * h * w, arch.hidden),
                          spec.activation_layer())
 
 
@@ -149,8 +150,8 @@ def _conv_decoder(latent_dim: int, arch: ConvArchitecture, spec: NetworkSpec) ->
         convs += [nn.ConvTranspose2d(in_channels, out_channels, CONV_KERNEL, CONV_STRIDE, CONV_PADDING),
                   spec.activation_layer()]
     body = nn.Sequential(
-        nn.Linear(latent_dim, arch.hidden), spec.activation_layer(),
-        nn.Linear(arch.hidden, c * h * w), spec.activation_layer(),
+        Linear(latent_dim, arch.hidden), spec.activation_layer(),
+        Linear(arch.hidden, c * h * w), spec.activation_layer(),
         FlatImageLayers((c, h, w), *convs),
     )
     image_c, image_h, image_w = arch.image
@@ -169,7 +170,7 @@ def build_body(in_dim: int, spec: NetworkSpec) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(spec.depth):
-        layers += [nn.Linear(width, spec.hidden), spec.activation_layer()]
+        layers += [Linear(width, spec.hidden), spec.activation_layer()]
         width = spec.hidden
     return nn.Sequential(*layers), width
 
@@ -179,4 +180,4 @@ def build_decoder_layers(latent_dim: int, data_dim: int, spec: NetworkSpec) -> t
     if spec.kind in CONV_ARCHITECTURES:
         return _conv_decoder(latent_dim, CONV_ARCHITECTURES[spec.kind], spec)
     body, width = build_body(latent_dim, spec)
-    return body, nn.Linear(width, data_dim)
+    return body, Linear(width, data_dim)
