@@ -193,3 +193,20 @@ def test_only_floats_and_uint8_pixels_are_data():
     check_data(pixels_u8(), "bernoulli", 4)  # pixels are in [0, 1] once divided by 255, without a scan
     with pytest.raises(ConfigError, match=r"expected floats or uint8 pixels, found dtype torch\.int64"):
         check_data(torch.zeros(4, 3, dtype=torch.int64), "gaussian", 2)
+
+
+def test_a_paper_study_runs_on_celeba_with_data(tmp_path, monkeypatch):
+    """`reproduce --data celeba` swaps the study's digits for CelebA (the folder from VAECONVERGE_DATA); each run
+    of the depth study trains on the 64x64 train split."""
+    from vaeconverge.sweeps import InProcess, Store, reproduce, run_sweep
+
+    write_celeba(tmp_path / "data")
+    monkeypatch.setenv("VAECONVERGE_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(reproduce, "QUICK", {"steps": 2, "seeds": [0], "hidden": 8, "batch_size": 2,
+                                             "eval_every": 2})
+    (depth,) = (spec for spec in reproduce.paper_studies(quick=True, data="celeba") if spec.name == "depth")
+    with Store(tmp_path / "r.db") as store:
+        assert run_sweep(depth, store, InProcess(), progress=False)["done"] == 3
+        assert {run.config.depth for run in store.runs("depth")} == {1, 2, 4}
+        assert all(run.summary["data"] == {"name": "celeba", "n": 4, "dim": 3 * 64 * 64}
+                   for run in store.runs("depth"))
