@@ -20,7 +20,7 @@ def float_dtype(x: torch.Tensor) -> torch.dtype:
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """Rows as the models see them: floating data unchanged, uint8 pixels divided by 255 (float32, in [0, 1])."""
-    return x if x.is_floating_point() else x.to(PIXEL_DTYPE) / PIXEL_MAX
+    return x if x.is_floating_point() else x.to(PIXEL_DTYPE).div_(PIXEL_MAX)
 
 
 @dataclass(frozen=True)
