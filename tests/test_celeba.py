@@ -98,6 +98,24 @@ def test_the_cache_is_reused_and_rebuilt_when_a_source_changes(tmp_path, monkeyp
     assert np.array_equal(third[2].numpy(), pillow_reference(folder / "000003.jpg"))
 
 
+def test_a_damaged_cache_is_rebuilt_and_an_unwritable_one_is_named(tmp_path, monkeypatch):
+    write_celeba(tmp_path)
+    first = load(tmp_path).clone()
+    (cache,) = caches(tmp_path)
+    cache.write_bytes(cache.read_bytes()[:5000])  # cut short, as by a full disk outside our atomic write
+    assert torch.equal(load(tmp_path), first) and caches(tmp_path) == [cache]
+
+    cache.unlink()
+
+    def refuse(path: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", refuse)
+    with pytest.raises(ConfigError, match=r"celeba: cannot write the cache .*img_align_celeba_train_64x64_\w+\.npy"
+                                          r"\.\d+\.part \(Permission denied\)"):
+        load(tmp_path)
+
+
 def corrupt(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
 

@@ -65,9 +65,19 @@ def load_celeba(root: Path, progress: bool = True) -> np.ndarray:
     names = read_partition(partition)
     paths = [images / name for name in names]
     cache = root / FOLDER / f"{IMAGES}_train_{SIDE}x{SIDE}_{_cache_key(partition, paths)}.npy"
-    if not cache.is_file():
+    mapped = _map(cache)
+    if mapped is None or mapped.shape != (len(paths), VALUES):  # absent, stale or damaged
         _build_cache(paths, cache, progress)
-    return np.load(cache, mmap_mode="c")  # copy-on-write: writable for torch, never written back
+        mapped = _map(cache)
+    return mapped
+
+
+def _map(cache: Path) -> np.ndarray | None:
+    """The cache mapped copy-on-write (writable for torch, never written back), or None if it is unreadable."""
+    try:
+        return np.load(cache, mmap_mode="c")
+    except (OSError, ValueError):  # OSError: absent; ValueError: not a .npy file
+        return None
 
 
 def read_partition(path: Path) -> list[str]:
@@ -123,7 +133,11 @@ def _build_cache(paths: list[Path], cache: Path, progress: bool) -> None:
     of this folder are then removed."""
     partial = cache.with_name(cache.name + f".{os.getpid()}.part")
     try:
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), VALUES))
+        try:
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), VALUES))
+        except OSError as exc:
+            raise ConfigError("--data-dir", f"celeba: cannot write the cache {partial} ({exc.strerror or exc}); "
+                                            "it needs 12288 bytes per training image beside the images") from None
         _decode_into(out, paths, progress)
         out.flush()
         del out
