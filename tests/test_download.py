@@ -9,6 +9,7 @@ import io
 import pickle
 import tarfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vaeconverge.cli import main
 from vaeconverge.config import RunConfig
@@ -99,6 +101,26 @@ def test_an_archive_is_unpacked_where_the_loader_looks(tmp_path, mirror, monkeyp
     assert load_dataset(RunConfig(data="cifar100", data_dir=str(root), batch_size=2)).x.shape == (6, 3072)
 
 
+def test_celebas_zip_and_partition_file_land_where_the_loader_looks(tmp_path, mirror, monkeypatch):
+    folder, url = mirror
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # the official archive holds the folder img_align_celeba/
+        for name in ("000001.jpg", "000002.jpg"):
+            image = io.BytesIO()
+            Image.new("RGB", (178, 218), (200, 120, 90)).save(image, "JPEG")
+            archive.writestr(f"img_align_celeba/{name}", image.getvalue())
+    partition = b"000001.jpg 0\n000002.jpg 2\n"
+    (folder / "img_align_celeba.zip").write_bytes(buffer.getvalue())
+    (folder / "list_eval_partition.txt").write_bytes(partition)
+    published(monkeypatch, "celeba", (
+        RemoteFile("img_align_celeba.zip", hashlib.md5(buffer.getvalue()).hexdigest(), "celeba", unpack=True),
+        RemoteFile("list_eval_partition.txt", hashlib.md5(partition).hexdigest(), "celeba")))
+    root = tmp_path / "data"
+    assert main(["data", "download", "celeba", "--mirror", url, "--data-dir", str(root), "--quiet"]) == 0
+    x = load_dataset(RunConfig(data="celeba", data_dir=str(root), batch_size=1), progress=False).x
+    assert x.shape == (1, 3 * 64 * 64)  # the train split only
+
+
 def test_a_checksum_mismatch_keeps_nothing(tmp_path, mirror, capsys):
     folder, url = mirror
     (folder / "train-images-idx3-ubyte.gz").write_bytes(mnist_gz())  # not the published MNIST file
@@ -125,6 +147,6 @@ def test_an_interrupted_transfer_keeps_nothing(tmp_path, monkeypatch, capsys):
 
 def test_download_needs_a_known_name_and_a_mirror(capsys):
     assert main(["data", "download", "imagenet", "--mirror", "http://127.0.0.1:9"]) == 2
-    assert "name one of mnist, fashion-mnist, cifar100" in capsys.readouterr().err
+    assert "name one of mnist, fashion-mnist, cifar100, celeba" in capsys.readouterr().err
     assert main(["data", "download", "mnist"]) == 2
     assert "--mirror: give the base URL" in capsys.readouterr().err

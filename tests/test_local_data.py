@@ -16,7 +16,7 @@ import torch
 
 from vaeconverge.cli import main
 from vaeconverge.config import ConfigError, RunConfig
-from vaeconverge.data import load_dataset
+from vaeconverge.data import as_float, load_dataset
 
 
 def idx_images(images: np.ndarray) -> bytes:
@@ -44,8 +44,8 @@ def test_idx_files_round_trip_to_scaled_pixels(tmp_path, name, subfolder, gz):
     images = pixels()
     write(tmp_path / subfolder, idx_images(images), gz)
     x = load_dataset(RunConfig(data=name, data_dir=str(tmp_path), batch_size=8)).x
-    assert x.shape == (40, 784) and x.dtype == torch.float32
-    assert torch.equal(x, torch.from_numpy(images.reshape(40, -1)).float() / 255)
+    assert x.shape == (40, 784) and x.dtype == torch.uint8  # kept compact; converted per batch
+    assert torch.equal(as_float(x), torch.from_numpy(images.reshape(40, -1)).float() / 255)
 
 
 def test_the_data_folder_comes_from_the_environment(tmp_path, monkeypatch):
@@ -109,8 +109,8 @@ def test_cifar100_pickles_round_trip_channel_first(tmp_path):
     batch = cifar_batch()
     write_cifar(tmp_path, batch)
     x = load_dataset(RunConfig(data="cifar100", data_dir=str(tmp_path), batch_size=4)).x
-    assert x.shape == (12, 3072)
-    assert torch.equal(x, torch.from_numpy(batch[b"data"]).float() / 255)
+    assert x.shape == (12, 3072) and x.dtype == torch.uint8
+    assert torch.equal(as_float(x), torch.from_numpy(batch[b"data"]).float() / 255)
 
 
 class Payload:

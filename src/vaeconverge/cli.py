@@ -48,8 +48,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint.pt into --out.")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data,
-                   help="digits | synthetic-linear | mnist | fashion-mnist | cifar100 (from --data-dir) | path to "
-                        "an N x D .npy, .npz or .csv file")
+                   help="digits | synthetic-linear | mnist | fashion-mnist | cifar100 | celeba (from --data-dir) | "
+                        "path to an N x D .npy, .npz or .csv file")
     g.add_argument("--data-dir", default=d.data_dir,
                    help="folder of the local data sets, one subfolder each (default: $VAECONVERGE_DATA or ./data)")
     g.add_argument("--n-samples", type=int, default=s.n_samples, help="synthetic-linear: examples N")
@@ -303,7 +303,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_data(args: argparse.Namespace) -> int:
     from .data.download import REMOTE_FILES, download
-    from .data.local_files import LOCAL_DATA, data_root, expected_files
+    from .data.local_files import LOCAL_DATA, data_root, expected_files, find_local
 
     if args.action == "download":
         if args.name not in REMOTE_FILES:
@@ -317,8 +317,8 @@ def _run_data(args: argparse.Namespace) -> int:
         raise ConfigError("data list", f"takes no data set name (got {args.name!r})")
     print(f"local data sets under {data_root(args.data_dir)}:")
     for name in LOCAL_DATA:
+        found = find_local(name, args.data_dir)
         files = expected_files(name, args.data_dir)
-        found = next((path for path in files if path.is_file()), None)
         state = f"present ({found})" if found else "absent; looked for " + " | ".join(str(f) for f in files)
         print(f"  {name:<14} {state}")
     return 0
@@ -358,7 +358,7 @@ def _run_train(args: argparse.Namespace) -> int:
         from .report.tensorboard import require_tensorboard
 
         require_tensorboard()
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, progress=not args.quiet)
     try:
         result = train(config, dataset, progress=not args.quiet)
     except TrainingDiverged as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .storage import as_float
+
 
 class PermutationBatches:
     """Yields batches of ``batch_size`` rows; an epoch is ``len(x) // batch_size`` batches.
@@ -24,8 +26,8 @@ class PermutationBatches:
         self._position = self.batches_per_epoch
 
     def next(self) -> torch.Tensor:
-        """The next batch; starts a new epoch (and a new permutation) when the current one is spent."""
-        return self.x[self.next_indices()]
+        """The next batch, as floats; starts a new epoch (and a new permutation) when the current one is spent."""
+        return as_float(self.x[self.next_indices()])
 
     def next_indices(self) -> torch.Tensor:
         """The rows of the next batch (so that several streams' batches can be gathered at once)."""

@@ -1,7 +1,7 @@
 """``vaeconverge data download NAME --mirror URL``: fetch a local data set's standard files from a mirror
 into the data folder, each checked against its published MD5 before it is kept. A file is written under a
 temporary name and moved into place only once complete and verified, so an interrupted or corrupt transfer
-leaves nothing behind; archives are then unpacked where the loaders look."""
+leaves nothing behind; archives (tar or zip) are then unpacked where the loaders look."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,14 @@ class RemoteFile:
     unpack: bool = False
 
 
-# The standard distribution files and their published MD5 sums (the training images are all the loaders read).
+# The standard distribution files and their published MD5 sums (the training images are all the loaders read;
+# CelebA's are the sums torchvision publishes for the files of the official Google Drive folder).
 REMOTE_FILES = {
     "mnist": (RemoteFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "mnist"),),
     "fashion-mnist": (RemoteFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "fashion-mnist"),),
     "cifar100": (RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", unpack=True),),
+    "celeba": (RemoteFile("img_align_celeba.zip", "00d2c5bc6d35e252742224ab0c1e8fcb", "celeba", unpack=True),
+               RemoteFile("list_eval_partition.txt", "d32c9cbf5e040fd4025c592c306e6668", "celeba")),
 }
 CHUNK = 1 << 16
 
@@ -56,10 +60,19 @@ def download(files: tuple[RemoteFile, ...], mirror: str, root: Path, progress: b
         finally:
             partial.unlink(missing_ok=True)
         if remote.unpack:
-            with tarfile.open(target) as archive:
-                archive.extractall(target.parent, filter="data")
+            _unpack(target)
         kept.append(target)
     return kept
+
+
+def _unpack(path: Path) -> None:
+    """Extract a zip or tar archive beside itself (neither lets a member land outside that folder)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            archive.extractall(path.parent)
+    else:
+        with tarfile.open(path) as archive:
+            archive.extractall(path.parent, filter="data")
 
 
 def _fetch(url: str, path: Path, progress: bool) -> str:

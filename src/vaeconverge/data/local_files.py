@@ -1,9 +1,10 @@
 """Image data sets read from their standard distribution files in a local folder (nothing is downloaded at
 run time): MNIST and Fashion-MNIST as idx files, plain or gzipped; CIFAR-100 as its "python version"
-pickles, read by an unpickler that admits only the numpy arrays those files hold. The folder is
-``--data-dir``, else ``$VAECONVERGE_DATA``, else ``./data``; MNIST and Fashion-MNIST live in subfolders named
-after them (torchvision's ``MNIST/raw`` and ``FashionMNIST/raw`` are found too), CIFAR-100 in
-``cifar-100-python/`` as its archive unpacks."""
+pickles, read by an unpickler that admits only the numpy arrays those files hold; CelebA as its aligned JPEGs
+(:mod:`.celeba`). The folder is ``--data-dir``, else ``$VAECONVERGE_DATA``, else ``./data``; MNIST and
+Fashion-MNIST live in subfolders named after them (torchvision's ``MNIST/raw`` and ``FashionMNIST/raw`` are found
+too), CIFAR-100 in ``cifar-100-python/`` as its archive unpacks, CelebA in ``celeba/``. Pixels stay uint8
+(:mod:`.storage` converts them per batch)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from .celeba import celeba_files, celeba_present, load_celeba
 
 IDX_UBYTE = 0x08  # the idx type code of unsigned bytes
 IDX_SETS = {  # name -> (subfolders searched, training-image file, image side)
@@ -23,7 +25,7 @@ IDX_SETS = {  # name -> (subfolders searched, training-image file, image side)
     "fashion-mnist": (("fashion-mnist", "FashionMNIST/raw"), "train-images-idx3-ubyte", 28),
 }
 CIFAR100 = ("cifar-100-python", "train", 3 * 32 * 32)  # subfolder, training file, values per image
-LOCAL_DATA = (*IDX_SETS, "cifar100")
+LOCAL_DATA = (*IDX_SETS, "cifar100", "celeba")
 # What a CIFAR-100 pickle may reference: numpy's array reconstruction (its module moved in numpy 2).
 _PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
@@ -35,24 +37,39 @@ def data_root(data_dir: str | None) -> Path:
 
 
 def expected_files(name: str, data_dir: str | None) -> list[Path]:
-    """The files data set ``name`` is read from, any one of which will do."""
+    """Where data set ``name`` is looked for: any one of these files will do (CelebA: its images folder and
+    a partition file)."""
     root = data_root(data_dir)
+    if name == "celeba":
+        return celeba_files(root)
     if name == "cifar100":
         return [root / CIFAR100[0] / CIFAR100[1]]
     subfolders, stem, _ = IDX_SETS[name]
     return [root / sub / f"{stem}{ext}" for sub in subfolders for ext in ("", ".gz")]
 
 
-def load_local(name: str, data_dir: str | None) -> torch.Tensor:
-    """The training images of data set ``name`` as an (N, pixels) float tensor in [0, 1] (channel-first)."""
-    images = _cifar100(data_dir) if name == "cifar100" else _idx_set(name, data_dir)
-    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+def find_local(name: str, data_dir: str | None) -> Path | None:
+    """The file (CelebA: the images folder) data set ``name`` would be read from, or None if it is absent."""
+    if name == "celeba":
+        return celeba_present(data_root(data_dir))
+    return next((path for path in expected_files(name, data_dir) if path.is_file()), None)
+
+
+def load_local(name: str, data_dir: str | None, progress: bool = True) -> torch.Tensor:
+    """The training images of data set ``name`` as an (N, pixels) uint8 tensor (channel-first); CelebA's is
+    mapped from its cache, built first with a progress bar if need be."""
+    if name == "celeba":
+        images = load_celeba(data_root(data_dir), progress)
+    else:
+        images = _cifar100(data_dir) if name == "cifar100" else _idx_set(name, data_dir)
+    flat = images.reshape(len(images), -1)
+    return torch.from_numpy(np.require(flat, requirements="W"))  # a copy only of read-only buffers
 
 
 def _idx_set(name: str, data_dir: str | None) -> np.ndarray:
     subfolders, stem, side = IDX_SETS[name]
     root = data_root(data_dir)
-    found = next((path for path in expected_files(name, data_dir) if path.is_file()), None)
+    found = find_local(name, data_dir)
     if found is None:
         where = " or ".join(str(root / sub) for sub in subfolders)
         raise ConfigError("--data-dir", f"{name}: no {stem} or {stem}.gz in {where} (the standard idx files of "

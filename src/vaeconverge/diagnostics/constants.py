@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
+from ..data.storage import as_float
 from ..models.vae import VAE
 from ..objectives import Objective, ObjectiveModule, draw_noise
 
@@ -39,7 +40,8 @@ def _split_state(module: nn.Module) -> tuple[Params, Params]:
 
 
 def _subset(x: Tensor, max_examples: int, generator: torch.Generator) -> Tensor:
-    """``x`` itself if it has at most ``max_examples`` rows, else a random subset of that many (from generator)."""
+    """``x`` itself if it has at most ``max_examples`` rows, else a random subset of that many (from generator);
+    rows as stored (the callers convert the subset to floats)."""
     if max_examples < 1:
         raise ValueError(f"max_examples must be positive, got {max_examples}")
     if len(x) <= max_examples:
@@ -136,7 +138,7 @@ def smoothness(
     generator, x.dtype)`` which is then held fixed, so that the Hessian is that of one smooth function, and
     the power iteration's start vector.
     """
-    x = _subset(x, max_examples, generator)
+    x = as_float(_subset(x, max_examples, generator))
     eps = draw_noise(objective.samples, len(x), model.latent_dim, generator, x.dtype).to(x.device)
     wrapper = ObjectiveModule(model, objective)
     params, fixed = _split_state(wrapper)
@@ -244,7 +246,7 @@ def gradient_noise(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-    x = _subset(x, max_examples, generator)
+    x = as_float(_subset(x, max_examples, generator))
     grads = per_example_gradients(model, objective, x, draws=2, generator=generator)
     sigma2_x, mc_per_draw = decompose_variance(grads)
 

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from ..data.storage import as_float, float_dtype
 from ..objectives import Objective, draw_noise
 
 
@@ -50,16 +51,18 @@ def full_objective_gradient(
 
     Replica t draws its noise from ``generators[t]`` alone, so its value does not depend on the others.
     Uses ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. The squared norm of a
-    Monte Carlo gradient overestimates the exact one by its variance / eval_samples.
+    Monte Carlo gradient overestimates the exact one by its variance / eval_samples. ``x`` as stored: uint8
+    pixels are converted one chunk at a time.
     """
     params = replicas.parameters()
     total = [torch.zeros_like(p) for p in params]
-    value = torch.zeros(len(replicas), dtype=x.dtype)
+    value = torch.zeros(len(replicas), dtype=float_dtype(x))
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
     for _ in range(eval_samples):
-        for chunk in x.split(chunk_size):
-            eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, x.dtype) for g in generators])
+        for chunk in map(as_float, x.split(chunk_size)):
+            eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, chunk.dtype)
+                               for g in generators])
             loss = -replicas(chunk, eps).sum(-1) * scale
             torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params))
             value += loss.detach()

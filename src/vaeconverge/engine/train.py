@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import COUPLING_OPTIMIZERS, RunConfig
-from ..data import Dataset, PermutationBatches
+from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import (
     GradientNoise,
     GradientNormTracker,
@@ -131,7 +131,7 @@ class _Evaluator:
             log_likelihood = math.nan
             if self.exact and math.isfinite(value):  # a diverged model has no usable closed forms
                 with torch.no_grad():
-                    log_likelihood = self.ensemble.replica(t).exact_log_prob(self.x).mean().item()
+                    log_likelihood = self.ensemble.replica(t).exact_log_prob(as_float(self.x)).mean().item()
             rows.append({"objective": value, "grad_sq_norm": grad_sq_norm, "log_likelihood": log_likelihood})
         return rows
 
@@ -159,8 +159,9 @@ def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
         model.init_from_data_(x)
         models.append(model)
     objective = build_objective(config)
-    eps = torch.zeros(objective.samples, min(config.batch_size, len(x)), models[0].latent_dim, dtype=x.dtype)
-    flops = step_flops(partial(objective, models[0]), x[: config.batch_size], eps)
+    head = as_float(x[: config.batch_size])
+    eps = torch.zeros(objective.samples, len(head), models[0].latent_dim, dtype=head.dtype)
+    flops = step_flops(partial(objective, models[0]), head, eps)
     loop = config.optimizer in COUPLING_OPTIMIZERS or not stacks_replicas(models[0])
     chosen = plan(flops, len(models), config.threads, loop=loop)
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
@@ -223,8 +224,8 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress or None, leave=False)
     try:
         for step in range(1, config.steps + 1):
-            xb = x[torch.stack([b.next_indices() for b in batches])]  # one gather for every replica's batch
-            eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, x.dtype) for g in generators])
+            xb = as_float(x[torch.stack([b.next_indices() for b in batches])])  # one gather for every replica
+            eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in generators])
             loss = -ensemble(xb, eps).mean(-1)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # summed, not averaged: each replica's gradient stays its own
@@ -284,7 +285,7 @@ def _ppca_log_likelihood(result: TrainResult) -> float | None:
     """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate)."""
     fixed = None if result.config.learn_variance else result.ensemble.template.likelihood.variance.item()
     try:
-        return ppca_optimum(result.dataset.x, result.config.latent_dim, fixed).log_likelihood
+        return ppca_optimum(as_float(result.dataset.x), result.config.latent_dim, fixed).log_likelihood
     except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
         return None
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.storage import Moments, moments
 from ..nn.layers import Linear, per_replica
 from ..nn.networks import LOGVAR_HEAD_RANGE, MEAN_HEAD_RANGE, NetworkSpec, build_body, build_decoder_layers
 
@@ -136,9 +137,9 @@ class BernoulliLikelihood(nn.Module):
     """p(x | z) = prod_j Bernoulli(x_j; sigmoid(logit_j)); x in [0, 1] (grey levels allowed, as BCE)."""
 
     @torch.no_grad()
-    def init_from_data_(self, x: torch.Tensor) -> torch.Tensor:
+    def init_from_data_(self, data: Moments) -> torch.Tensor:
         """Output bias that makes the decoder start at the data's marginal means: their logits."""
-        return torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3))
+        return torch.logit(data.mean.clamp(1e-3, 1 - 1e-3))
 
     def log_prob(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         # x l - softplus(l), the negated binary cross-entropy with logits written with ops that vmap batches
@@ -161,12 +162,12 @@ class GaussianLikelihood(nn.Module):
             self.register_buffer("log_std", log_std)
 
     @torch.no_grad()
-    def init_from_data_(self, x: torch.Tensor) -> torch.Tensor:
+    def init_from_data_(self, data: Moments) -> torch.Tensor:
         """Output bias = the data mean; a learned c with no given start value starts at the pooled
         feature standard deviation (the maximum-likelihood c when W = 0)."""
         if self._std_from_data:
-            self.log_std.fill_(0.5 * x.var(0, unbiased=False).mean().clamp_min(1e-12).log().item())
-        return x.mean(0)
+            self.log_std.fill_(0.5 * data.var.mean().clamp_min(1e-12).log().item())
+        return data.mean
 
     @property
     def variance(self) -> torch.Tensor:
@@ -204,10 +205,11 @@ class VAE(nn.Module):
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor) -> None:
         """Data-dependent start: the decoder's output bias at the data's marginal (mean or logit-mean),
-        so optimisation spends no steps finding the data's location."""
-        self.decoder.out.bias.copy_(self.likelihood.init_from_data_(x))
-        self.encoder.input_shift.copy_(x.mean(0))
-        self.encoder.input_scale.copy_(x.std(0).clamp_min(1e-3))
+        so optimisation spends no steps finding the data's location. ``x`` as stored (uint8 pixels or floats)."""
+        data = moments(x)
+        self.decoder.out.bias.copy_(self.likelihood.init_from_data_(data))
+        self.encoder.input_shift.copy_(data.mean)
+        self.encoder.input_scale.copy_(data.std.clamp_min(1e-3))
 
 
 class Decoder(nn.Module):

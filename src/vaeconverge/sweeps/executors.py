@@ -36,7 +36,7 @@ def execute(task: Task, threads: int | None = None) -> Outcome:
         config = dataclasses.replace(config, threads=threads)
     start = time.perf_counter()
     try:
-        result = train(config, load_dataset(config), progress=False)
+        result = train(config, load_dataset(config, progress=False), progress=False)
     except TrainingDiverged as exc:
         return Outcome(run_id, "diverged", time.perf_counter() - start, error=str(exc), diverged_step=exc.step)
     except Exception as exc:  # a failing run is recorded, and the sweep goes on
