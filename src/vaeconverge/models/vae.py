@@ -142,8 +142,7 @@ class BernoulliLikelihood(nn.Module):
         return torch.logit(data.mean.clamp(1e-3, 1 - 1e-3))
 
     def log_prob(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        # x l - softplus(l), the negated binary cross-entropy with logits written with ops that vmap batches
-        # natively: under vmap, binary_cross_entropy_with_logits decomposes into about ten full-size kernels.
+        # x l - softplus(l): the negated binary cross-entropy with logits, in three elementwise kernels.
         return (x * logits - F.softplus(logits)).sum(-1)
 
 
