@@ -193,3 +193,46 @@ def test_cli_errors_name_the_flag(tmp_path, capsys, argv, flag):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"vaeconverge bbvi: error: {flag}:")
     assert not out.exists()
+
+
+BBVI_SPEC = """
+name = "bbvi-k"
+seeds = 2
+[base]
+kind = "bbvi"
+target = "mixture"
+family = "mean-field"
+steps = 30
+eval_every = 10
+eval_samples = 8
+constants = false
+[grid]
+samples = [1, 4]
+"""
+
+
+def test_a_bbvi_study_runs_through_the_sweep_store_and_report(tmp_path, capsys):
+    from vaeconverge.sweeps import InProcess, Store, parse_spec, run_sweep
+
+    spec = parse_spec(BBVI_SPEC)
+    assert [config.samples for config in spec.runs()] == [1, 4]
+    with Store(tmp_path / "r.db") as store:
+        assert run_sweep(spec, store, InProcess(), progress=False)["done"] == 2
+        stored = store.runs("bbvi-k")
+        for run in stored:  # the store gives back the BBVI configuration, and the run trained from it
+            alone = train(run.config, progress=False)
+            assert [row["objective"] for row in store.metrics(run.id)] == pytest.approx(
+                [row["objective"] for row in sorted(alone.metrics, key=lambda r: (r["seed"], r["step"]))])
+            assert run.summary["config"] == {**run.config.to_dict(), "batch_size": 1}  # B resolved to N = 1
+    assert _cli(["report", tmp_path / "r.db", "--out", tmp_path / "report"]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "bbvi-k" in page and "samples=4" in page
+
+
+def test_a_bbvi_study_refuses_vae_options():
+    from vaeconverge.sweeps import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match=r"base\.model: unknown option"):
+        parse_spec(BBVI_SPEC.replace('family = "mean-field"', 'model = "mlp"'))
+    with pytest.raises(SpecError, match=r"base\.kind"):
+        parse_spec(BBVI_SPEC.replace('kind = "bbvi"', 'kind = "gan"'))
