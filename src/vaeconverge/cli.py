@@ -1,5 +1,5 @@
-"""Command line: ``vaeconverge train | bound | sweep | report | reproduce | data``. Invalid input exits with status 2
-and one line naming the option (or the sweep file's key or line)."""
+"""Command line: ``vaeconverge train | bbvi | bound | sweep | report | reproduce | data``. Invalid input exits with
+status 2 and one line naming the option (or the sweep file's key or line)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,70 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tensorboard", type=Path, metavar="DIR",
                    help="also write the scalars as TensorBoard events into DIR (needs the tensorboard package)")
     p.set_defaults(handler=_run_train)
+
+
+def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
+    from .bbvi.config import BBVIConfig
+    from .bbvi.families import FAMILIES
+    from .bbvi.objectives import OBJECTIVES
+    from .bbvi.targets import BUILTIN_TARGETS
+
+    d = BBVIConfig()
+    p = sub.add_parser("bbvi", help="black-box variational inference of a posterior, measured like train",
+                       description="Fit a variational family to a target posterior by stochastic gradient on the "
+                                   "ELBO or the importance-weighted bound, one replica per seed; write metrics.csv, "
+                                   "bands.csv, summary.json, convergence.png and checkpoint.pt into --out.")
+    p.add_argument("--target", default=d.target, help=" | ".join(BUILTIN_TARGETS))
+    p.add_argument("--family", default=d.family, help=" | ".join(FAMILIES))
+    p.add_argument("--flow-layers", type=int, default=d.flow_layers, help="planar-flow: planar maps")
+    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
+    p.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples of w per step")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="B data per step (default: all N)")
+    p.add_argument("--optimizer", choices=cfg.OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr, help="base step size (C_gamma)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="sgd and rmsprop momentum")
+    p.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"))
+    p.add_argument("--schedule", choices=cfg.SCHEDULES, default=d.schedule)
+    p.add_argument("--schedule-power", type=float, default=d.schedule_power, help="the exponent alpha")
+    p.add_argument("--steps", type=int, default=d.steps, help="iterations n")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="T|S1,S2,...",
+                   help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one pass")
+    p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads (default 1)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-points", type=int, default=d.eval_points, help="checkpoints of the full gradient")
+    p.add_argument("--eval-samples", type=int, default=d.eval_samples,
+                   help="Monte Carlo groups of K samples in the full objective at a checkpoint")
+    p.add_argument("--no-constants", dest="constants", action="store_false", help="skip L, sigma^2, R and the bound")
+    p.add_argument("--out", type=Path, default=Path("runs/bbvi"), help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_bbvi)
+
+
+def _run_bbvi(args: argparse.Namespace) -> int:
+    from .bbvi.config import BBVIConfig
+    from .bbvi.train import train, write_bbvi_run
+    from .engine import TrainingDiverged
+
+    fields = {k: v for k, v in vars(args).items() if k in BBVIConfig.__dataclass_fields__}
+    fields["adam_betas"] = tuple(fields["adam_betas"])
+    seeds = fields.pop("seeds")
+    fields["seeds"] = tuple(range(args.seed, args.seed + seeds)) if isinstance(seeds, int) else seeds or ()
+    config = BBVIConfig(**fields).validate()
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError("--out", f"{args.out} exists and is not a directory")
+    try:
+        result = train(config, progress=not args.quiet)
+    except TrainingDiverged as exc:
+        print(f"vaeconverge bbvi: {exc}; nothing written to {args.out}", file=sys.stderr)
+        return 1
+    out = write_bbvi_run(args.out, result)
+    s = result.summary
+    gap = "" if s.get("evidence_gap") is None else f", gap to log evidence {s['evidence_gap']:.4g}"
+    seeds_text = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""
+    print(f"{s['steps']} steps{seeds_text} in {s['seconds']:.1f}s: objective {s['objective']:.6g}, "
+          f"grad_sq_norm {s['grad_sq_norm']:.4g}{gap}; wrote {out}")
+    return 0
 
 
 def _bound_parser(sub: argparse._SubParsersAction) -> None:
@@ -328,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeconverge", description="Train VAEs with convergence guarantees you can see.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
+    _bbvi_parser(sub)
     _bound_parser(sub)
     _sweep_parser(sub)
     _report_parser(sub)

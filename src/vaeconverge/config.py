@@ -87,6 +87,11 @@ class RunConfig:
         """The seeds of the replicas trained together: ``seeds`` if given, else just ``seed``."""
         return self.seeds or (self.seed,)
 
+    @property
+    def layers(self) -> int:
+        """Layers of the encoder and decoder networks (the N of the paper's N a^(2(N-1)) term)."""
+        return 1 if self.model == "linear" else self.depth + 1
+
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
         _choice("--model", self.model, MODELS)

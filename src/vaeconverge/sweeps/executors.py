@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from ..config import RunConfig
+from ..bbvi.config import BBVIConfig
 from ..engine.plan import available_cores
+from .grid import Config
 from .store import Outcome
 
-Task = tuple[str, RunConfig]
+Task = tuple[str, Config]
 
 
 class Executor(Protocol):
@@ -27,7 +28,8 @@ class Executor(Protocol):
 
 
 def execute(task: Task, threads: int | None = None) -> Outcome:
-    """Train one run and turn whatever happens into an :class:`Outcome` (the worker's whole job)."""
+    """Train one run (a VAE, or BBVI) and turn whatever happens into an :class:`Outcome` (the worker's whole job)."""
+    from ..bbvi import train as train_bbvi
     from ..data import load_dataset
     from ..engine import TrainingDiverged, train
 
@@ -36,7 +38,10 @@ def execute(task: Task, threads: int | None = None) -> Outcome:
         config = dataclasses.replace(config, threads=threads)
     start = time.perf_counter()
     try:
-        result = train(config, load_dataset(config, progress=False), progress=False)
+        if isinstance(config, BBVIConfig):
+            result = train_bbvi(config, progress=False)
+        else:
+            result = train(config, load_dataset(config, progress=False), progress=False)
     except TrainingDiverged as exc:
         return Outcome(run_id, "diverged", time.perf_counter() - start, error=str(exc), diverged_step=exc.step)
     except Exception as exc:  # a failing run is recorded, and the sweep goes on

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bbvi.config import KIND as BBVI_KIND
+from ..bbvi.config import BBVIConfig
 from ..config import ConfigError, RunConfig
 
 TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "finding")
@@ -37,6 +39,15 @@ EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
 # Options that change how a run executes or where its files are, not what it computes: left out of its identifier.
 EXECUTION_ONLY = ("threads", "data_dir")
+# What a study's runs are, by the optional ``kind`` key of its [base]: VAEs (``vaeconverge train``) by default,
+# or black-box variational inference (``vaeconverge bbvi``).
+KINDS: dict[str, type[RunConfig] | type[BBVIConfig]] = {"vae": RunConfig, BBVI_KIND: BBVIConfig}
+Config = RunConfig | BBVIConfig
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """The run configuration a store or a summary holds, of the class its ``kind`` names (none: a VAE)."""
+    return KINDS[values.get("kind", "vae")].from_dict(values)
 
 
 class SpecError(ValueError):
@@ -72,18 +83,19 @@ class SweepSpec:
     description: str = ""
     finding: Finding | None = None
     source: str = ""  # the TOML text, kept so that a store can say what it ran
+    kind: str = "vae"  # a key of KINDS
 
     @property
     def axes(self) -> list[str]:
         """The options that vary, grid axes first."""
         return [*self.grid, *self.zipped]
 
-    def label(self, config: RunConfig) -> str:
+    def label(self, config: Config) -> str:
         """The run's axis values, e.g. ``batch_size=16``."""
         values = config.to_dict()
         return ", ".join(f"{axis}={_shown(values[axis])}" for axis in self.axes) or "base"
 
-    def runs(self) -> list[RunConfig]:
+    def runs(self) -> list[Config]:
         """Every configuration of the sweep, validated; grid product outermost, then the zipped values."""
         zipped = [dict(zip(self.zipped, values, strict=True)) for values in zip(*self.zipped.values(), strict=True)]
         configs = []
@@ -91,14 +103,14 @@ class SweepSpec:
             for varied in zipped or [{}]:
                 values = {**self.base, **dict(zip(self.grid, point, strict=True)), **varied}
                 try:
-                    configs.append(RunConfig.from_dict(values).validate())
+                    configs.append(KINDS[self.kind].from_dict(values).validate())
                 except (ConfigError, TypeError) as exc:  # TypeError: a value of the wrong kind for its option
                     label = ", ".join(f"{key}={_shown(values[key])}" for key in self.axes) or "the base run"
                     raise SpecError(f"run {label}", str(exc)) from None
         return configs
 
 
-def run_id(config: RunConfig) -> str:
+def run_id(config: Config) -> str:
     """16 hex digits identifying ``config``'s resolved options (execution-only options excluded)."""
     options = {key: value for key, value in config.to_dict().items() if key not in EXECUTION_ONLY}
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
@@ -124,13 +136,19 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -
         if key not in TOP_LEVEL:
             raise SpecError(f"{source}: {key}", f"unknown key{_suggest(key, TOP_LEVEL)}; a sweep has "
                                                 f"{', '.join(TOP_LEVEL)}")
-    base = _options(raw.get("base", {}), "base", source)
+    table = raw.get("base", {})
+    kind = table.get("kind", "vae") if isinstance(table, dict) else "vae"
+    if kind not in KINDS:
+        raise SpecError(f"{source}: base.kind", f"one of {', '.join(KINDS)} (got {kind!r})")
+    known = [f.name for f in dataclasses.fields(KINDS[kind])]
+    base = _options({k: v for k, v in table.items() if k != "kind"} if isinstance(table, dict) else table, "base",
+                    source, known)
     if "seeds" in raw:
         base["seeds"] = _seeds(raw["seeds"], base.get("seed", 0), source)
     elif isinstance(base.get("seeds"), int):
         base["seeds"] = _seeds(base["seeds"], base.get("seed", 0), source)
-    grid = _axes(raw.get("grid", {}), "grid", source)
-    zipped = _axes(raw.get("zip", {}), "zip", source)
+    grid = _axes(raw.get("grid", {}), "grid", source, known)
+    zipped = _axes(raw.get("zip", {}), "zip", source, known)
     lengths = {key: len(values) for key, values in zipped.items()}
     if len(set(lengths.values())) > 1:
         raise SpecError(f"{source}: zip", f"zipped axes must have equal lengths (got {lengths})")
@@ -141,7 +159,7 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -
     if not isinstance(name, str) or not name:
         raise SpecError(f"{source}: name", "must be a non-empty string")
     finding = _finding(raw["finding"], source) if "finding" in raw else None
-    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text)
+    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text, kind)
     if finding is not None and finding.expect == "lowest-at":
         labels = [spec.label(config) for config in spec.runs()]
         if finding.at not in labels:
@@ -174,10 +192,9 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _options(table: Any, where: str, source: str) -> dict[str, Any]:
+def _options(table: Any, where: str, source: str, known: list[str]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise SpecError(f"{source}: {where}", "must be a table of options")
-    known = [f.name for f in dataclasses.fields(RunConfig)]
     options = {}
     for key, value in table.items():
         name = key.replace("-", "_")
@@ -187,8 +204,8 @@ def _options(table: Any, where: str, source: str) -> dict[str, Any]:
     return options
 
 
-def _axes(table: Any, where: str, source: str) -> dict[str, list[Any]]:
-    axes = _options(table, where, source)
+def _axes(table: Any, where: str, source: str, known: list[str]) -> dict[str, list[Any]]:
+    axes = _options(table, where, source, known)
     for key, values in axes.items():
         if not isinstance(values, list):
             raise SpecError(f"{source}: {where}.{key}", f"an axis is a list of values (got {values!r})")

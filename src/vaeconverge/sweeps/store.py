@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
 from ..engine.outputs import json_ready
 from ..engine.train import METRIC_COLUMNS
+from .grid import Config, config_from_dict
 
 STATUSES = ("queued", "running", "done", "failed", "diverged")
 FINISHED = ("done", "failed", "diverged")
@@ -76,7 +76,7 @@ class StoredRun:
     """One run as the store holds it."""
 
     id: str
-    config: RunConfig
+    config: Config
     status: str
     error: str | None
     diverged_step: int | None
@@ -116,7 +116,7 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
-    def add_sweep(self, name: str, spec: str, runs: Sequence[tuple[str, RunConfig]]) -> None:
+    def add_sweep(self, name: str, spec: str, runs: Sequence[tuple[str, Config]]) -> None:
         """Register a sweep and queue those of its runs the store does not hold yet; runs a previous driver
         left running (it was killed) are queued again."""
         now = time.time()
@@ -138,12 +138,12 @@ class Store:
                 "WHERE status = 'failed' AND id IN (SELECT run_id FROM sweep_runs WHERE sweep = ?)", (sweep,),
             ).rowcount
 
-    def pending(self, sweep: str) -> list[tuple[str, RunConfig]]:
+    def pending(self, sweep: str) -> list[tuple[str, Config]]:
         """The sweep's queued runs, in its order."""
         rows = self._db.execute(
             "SELECT id, config FROM runs JOIN sweep_runs ON run_id = id WHERE sweep = ? AND status = 'queued' "
             "ORDER BY position", (sweep,))
-        return [(run_id, RunConfig.from_dict(json.loads(config))) for run_id, config in rows]
+        return [(run_id, config_from_dict(json.loads(config))) for run_id, config in rows]
 
     def mark_running(self, run_id: str) -> None:
         with self._transaction() as db:
@@ -181,7 +181,7 @@ class Store:
         rows = self._db.execute(
             "SELECT id, config, status, error, diverged_step, summary, seconds FROM runs JOIN sweep_runs "
             "ON run_id = id WHERE sweep = ? ORDER BY position", (sweep,))
-        return [StoredRun(run_id, RunConfig.from_dict(json.loads(config)), status, error, step,
+        return [StoredRun(run_id, config_from_dict(json.loads(config)), status, error, step,
                           None if summary is None else json.loads(summary), seconds)
                 for run_id, config, status, error, step, summary, seconds in rows]
 

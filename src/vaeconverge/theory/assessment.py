@@ -201,9 +201,8 @@ def paper_shape(config: RunConfig, c: Constants, steps: Sequence[int], values: S
     if config.objective == "iwae":
         name, basis = "iwae", iwae_basis(n, c.delta, c.d, config.batch_size, config.samples)
     else:
-        layers = 1 if config.model == "linear" else config.depth + 1
         beta1 = config.adam_betas[0] if config.optimizer in ("adam", "amsgrad") else 0.0
-        name, basis = "vae-adam", vae_adam_basis(n, c.delta, layers, max(c.a, 1e-12), c.d, beta1)
+        name, basis = "vae-adam", vae_adam_basis(n, c.delta, config.layers, max(c.a, 1e-12), c.d, beta1)
     coefficients = fit_shape(basis, [v for _, v in keep])
     return {"name": name, "c1": float(coefficients[0]), "c2": float(coefficients[1])}
 

@@ -1,0 +1,102 @@
+"""The options of one BBVI run: a frozen dataclass validated before anything runs, with errors that name the
+CLI flag (the same :class:`~vaeconverge.config.ConfigError` as ``vaeconverge train``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import COUPLING_OPTIMIZERS, OPTIMIZERS, SCHEDULES, ConfigError, _choice, _positive
+from .families import FAMILIES
+from .objectives import OBJECTIVES
+from .targets import BUILTIN_TARGETS, build_target
+
+KIND = "bbvi"  # the ``kind`` key that marks a BBVI configuration in a sweep file and in a result store
+
+
+@dataclass(frozen=True)
+class BBVIConfig:
+    """Every option of one BBVI run. Field names match the flags of ``vaeconverge bbvi`` (``_`` for ``-``)."""
+
+    target: str = "linear-regression"
+    family: str = "full-rank"
+    flow_layers: int = 4  # planar-flow: number of planar maps
+    objective: str = "elbo"
+    samples: int = 1  # K
+    batch_size: int | None = None  # B; None: all N data (no minibatching)
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    momentum: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"
+    schedule_power: float = 0.5
+    steps: int = 2000
+    seed: int = 0
+    seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
+    threads: int | None = None  # intra-op threads; None: one (BBVI's tensors are small)
+    eval_every: int | None = None
+    eval_points: int = 20  # checkpoints of the full-objective gradient (see engine.train.evaluation_steps)
+    eval_samples: int = 256  # Monte Carlo groups of K samples in the full objective at a checkpoint
+    constants: bool = True
+
+    @property
+    def replica_seeds(self) -> tuple[int, ...]:
+        """The seeds of the replicas trained together: ``seeds`` if given, else just ``seed``."""
+        return self.seeds or (self.seed,)
+
+    @property
+    def layers(self) -> int:
+        """Layers of the parameterisation (the N of the paper's N a^(2(N-1)) term): 1 for a location-scale map."""
+        return self.flow_layers + 1 if self.family == "planar-flow" else 1
+
+    def validate(self) -> BBVIConfig:
+        """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
+        _choice("--target", self.target, tuple(BUILTIN_TARGETS))
+        _choice("--family", self.family, FAMILIES)
+        _choice("--objective", self.objective, OBJECTIVES)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        for option, value in (("--samples", self.samples), ("--steps", self.steps), ("--lr", self.lr),
+                              ("--flow-layers", self.flow_layers), ("--eval-points", self.eval_points),
+                              ("--eval-samples", self.eval_samples)):
+            _positive(option, value)
+        for option, optional in (("--eval-every", self.eval_every), ("--threads", self.threads)):
+            if optional is not None:
+                _positive(option, optional)
+        if self.batch_size is not None:
+            _positive("--batch-size", self.batch_size)
+            n = build_target(self.target).n_data
+            if self.batch_size > n:
+                raise ConfigError("--batch-size", f"must be at most N = {n}, the data of --target {self.target} "
+                                                  f"(got {self.batch_size})")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("--momentum", f"must lie in [0, 1) (got {self.momentum})")
+        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {self.adam_betas})")
+        seeds = self.replica_seeds
+        if not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError("--seeds", f"seeds must be distinct non-negative integers (got {list(seeds)})")
+        if len(seeds) > 1 and self.optimizer in COUPLING_OPTIMIZERS:
+            raise ConfigError("--seeds", f"--optimizer {self.optimizer} would couple the replicas "
+                                         f"({COUPLING_OPTIMIZERS[self.optimizer]}); train one seed at a time")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dictionary of every resolved option, with ``kind = "bbvi"``."""
+        out = {"kind": KIND, **dataclasses.asdict(self)}
+        out["adam_betas"] = list(self.adam_betas)
+        out["seeds"] = list(self.seeds)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BBVIConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        values = {k: v for k, v in values.items() if k != "kind"}
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(unknown[0], "unknown option")
+        for key in ("adam_betas", "seeds"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
