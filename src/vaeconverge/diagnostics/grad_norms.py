@@ -6,7 +6,7 @@ never waits on the host once per parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,18 +52,34 @@ def full_objective_gradient(
     Uses ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. The squared norm of a
     Monte Carlo gradient overestimates the exact one by its variance / eval_samples.
     """
-    params = replicas.parameters()
-    total = [torch.zeros_like(p) for p in params]
-    value = torch.zeros(len(replicas), dtype=x.dtype)
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
-    for _ in range(eval_samples):
-        for chunk in x.split(chunk_size):
-            eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, x.dtype) for g in generators])
-            loss = -replicas(chunk, eps).sum(-1) * scale
-            torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params))
-            value += loss.detach()
+
+    def chunk_losses() -> Iterator[torch.Tensor]:
+        for _ in range(eval_samples):
+            for chunk in x.split(chunk_size):
+                eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, x.dtype)
+                                   for g in generators])
+                yield -replicas(chunk, eps).sum(-1) * scale
+
+    value, total = summed_gradient(replicas.parameters(), chunk_losses())
     return FullGradient(objective=value.tolist(), grad_sq_norm=replicas.squared_norms(total).tolist())
+
+
+def summed_gradient(params: Sequence[torch.Tensor], losses: Iterable[torch.Tensor]
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The sum of ``losses`` (tensors of one shape, e.g. one value per replica) and the gradient of that sum with
+    respect to ``params``, one loss at a time so that only one chunk's graph is alive. Uses
+    ``torch.autograd.grad``, so the parameters' ``.grad`` fields are left untouched; a parameter a loss does not
+    use gets a zero gradient."""
+    total = [torch.zeros_like(p) for p in params]
+    value: torch.Tensor | None = None
+    for loss in losses:
+        torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params, allow_unused=True, materialize_grads=True))
+        value = loss.detach() if value is None else value + loss.detach()
+    if value is None:
+        raise ValueError("no losses to sum: the data yielded no batch")
+    return value, total
 
 
 def replica_squared_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -81,9 +97,10 @@ class GradientNormTracker:
     full-gradient norm.
     """
 
-    def __init__(self, replicas: int, n_examples: int, n_parameters: int, batch_size: int) -> None:
+    def __init__(self, replicas: int, n_examples: int, n_parameters: int, batch_size: int,
+                 device: torch.device | str | None = None) -> None:
         self._proxy_scale = batch_size**2 / (n_examples * n_parameters)
-        self._zeros = torch.zeros(replicas)
+        self._zeros = torch.zeros(replicas, device=device)
         self._window_sum = self._epoch_sum = self._zeros
         self._window_count = 0
         self._proxy: torch.Tensor | None = None

@@ -18,17 +18,24 @@ from .train import METRIC_COLUMNS, TrainResult
 
 def write_run(out_dir: str | Path, result: TrainResult) -> Path:
     """Write every output of ``result`` into ``out_dir`` (created if needed); return the directory."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, METRIC_COLUMNS, result.metrics))
-    band_rows = seed_band_rows(result.metrics)
-    atomic_write(out / "bands.csv", lambda tmp: _write_csv(tmp, list(band_rows[0]), band_rows))
-    summary = json.dumps(json_ready(result.summary), indent=2, allow_nan=False) + "\n"
-    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(summary))
-    atomic_write(out / "convergence.png", lambda tmp: plot_run(result.metrics, result.summary, tmp))
+    out = write_measurements(out_dir, result.metrics, result.summary)
     save_checkpoint(out / "checkpoint.pt", result.ensemble, result.optimizer, result.scheduler, result.config,
                     result.summary["steps"], result.dataset.x.shape[1])
+    return out
+
+
+def write_measurements(out_dir: str | Path, metrics: list[dict[str, float]], summary: dict[str, Any],
+                       title: str | None = None) -> Path:
+    """Write metrics.csv, bands.csv, summary.json and convergence.png (titled ``title``, else after the run's
+    configuration) into ``out_dir``, created if needed; return the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, METRIC_COLUMNS, metrics))
+    band_rows = seed_band_rows(metrics)
+    atomic_write(out / "bands.csv", lambda tmp: _write_csv(tmp, list(band_rows[0]), band_rows))
+    text = json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
+    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text))
+    atomic_write(out / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp, title))
     return out
 
 
