@@ -128,7 +128,7 @@ class ConvergenceMonitor:
         if not isinstance(data, Tensor):
             if not isinstance(data, Iterable):
                 raise ConfigError("data", f"must be a tensor or a DataLoader, got {type(data).__name__}")
-            if iter(data) is data:
+            if isinstance(data, Iterator):  # not iter(data): a DataLoader's iterator draws from the RNG
                 raise ConfigError("data", "must be re-iterable (a tensor or a DataLoader), not a one-shot iterator")
             batch_size = batch_size or getattr(data, "batch_size", None)
         if batch_size is None:
@@ -274,7 +274,7 @@ class ConvergenceMonitor:
 
     def _batches(self) -> Iterator[Any]:
         """The data once: chunks of a tensor, or the batches of a DataLoader as it yields them."""
-        yield from self.data.split(self.chunk_size) if isinstance(self.data, Tensor) else self.data
+        return iter(self.data.split(self.chunk_size) if isinstance(self.data, Tensor) else self.data)
 
     @contextlib.contextmanager
     def _isolated(self, seed: int) -> Iterator[None]:
@@ -315,9 +315,14 @@ class ConvergenceMonitor:
         counts: list[int] = []
         dims: list[int] = []
 
+        seed = self.seed + DIAGNOSTICS_SEED_OFFSET
+
         def losses() -> Iterator[Tensor]:
-            for _ in range(self.eval_samples):
-                for batch in self._batches():
+            for draw in range(self.eval_samples):
+                batches = self._batches()
+                if draw == 0:  # after a DataLoader's iterator drew its base seed: the same noise as over a tensor
+                    torch.manual_seed(seed)
+                for batch in batches:
                     values = self._losses(batch)
                     counts.append(len(values))
                     if not dims:
@@ -325,7 +330,7 @@ class ConvergenceMonitor:
                         dims.append(first[0].numel())
                     yield values.sum()
 
-        with self._isolated(self.seed + DIAGNOSTICS_SEED_OFFSET):
+        with self._isolated(seed):
             value, total = summed_gradient(self.params, losses())
         count = sum(counts)
         grad_sq_norm = torch.nn.utils.get_total_norm(total).square().item() / count**2
