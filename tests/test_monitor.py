@@ -225,6 +225,9 @@ def test_bad_input_is_refused_naming_the_option():
     monitor = ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2)
     with pytest.raises(ConfigError, match=r"^optimizer:"):
         monitor.step()
+    batch_norm = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    with pytest.raises(ConfigError, match=r"^constants: .* pass constants=False"):
+        ConvergenceMonitor(batch_norm, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2, constants=True)
 
 
 def _load_example(name: str):

@@ -364,8 +364,12 @@ class ConvergenceMonitor:
                 torch.manual_seed(seed)  # the same noise at every evaluation: the Hessian of one function
                 return functional_call(self._module, p, (batch,)).mean()
 
-            L = hvp_power_iteration(loss, params, generator=generator)
-            grads = self._per_example_gradients(params, self._probe_batch(NOISE_EXAMPLES, generator), seed)
+            try:
+                L = hvp_power_iteration(loss, params, generator=generator)
+                grads = self._per_example_gradients(params, self._probe_batch(NOISE_EXAMPLES, generator), seed)
+            except RuntimeError as exc:  # e.g. BatchNorm in training mode mutates its statistics under torch.func
+                raise ConfigError("constants", f"the constants need a loss that torch.func can transform (grad, "
+                                  f"jvp, vmap), which this one is not ({exc}); pass constants=False") from exc
         noise = noise_from_gradients(grads, self.batch_size, self.samples, generator)
         weight_bound = max(p.detach().abs().max().item() for p in self.params)
         self._probes.append(Probe(L=L, noise=noise, weight_bound=weight_bound))
@@ -381,11 +385,7 @@ class ConvergenceMonitor:
         draws = []
         for draw in range(2):
             torch.manual_seed(seed + draw)
-            try:
-                grads = per_example(params, batch)
-            except RuntimeError as exc:
-                raise ConfigError("constants", f"the per-example gradients of the noise estimate need a loss "
-                                  f"that torch.func.vmap can run ({exc}); pass constants=False") from exc
+            grads = per_example(params, batch)
             draws.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1))
         return torch.stack(draws, dim=1)
 
