@@ -151,8 +151,7 @@ class ConvergenceMonitor:
         self._start = time.perf_counter()
 
         objective, grad_sq_norm, self.n_examples, self._dim = self._full_gradient()
-        self.batches_per_epoch = len(data) if hasattr(data, "__len__") and not isinstance(data, Tensor) \
-            else max(self.n_examples // batch_size, 1)
+        self.batches_per_epoch = max(self.n_examples // batch_size, 1)  # as train's epochs: floor(N / B) steps
         points = eval_points or default_eval_points(steps, batch_size, self.n_examples, eval_samples)
         self.checkpoints = evaluation_steps(steps, eval_every, points)
         self.probe_steps = {0, steps // 2, steps} if constants else set()
