@@ -2,6 +2,7 @@
 
 from .config import ConfigError, RunConfig, SyntheticConfig
 from .models import VAE, LinearVAE, build_vae, ppca_optimum
+from .monitor import ConvergenceMonitor
 from .objectives import ELBO, IWAE, build_objective
 
 __version__ = "0.1.0"
@@ -11,6 +12,7 @@ __all__ = [
     "IWAE",
     "VAE",
     "ConfigError",
+    "ConvergenceMonitor",
     "LinearVAE",
     "RunConfig",
     "SyntheticConfig",

@@ -265,9 +265,9 @@ def _posterior_error(family: Family, target: Target) -> list[dict[str, float]] |
 
 def write_bbvi_run(out_dir: str | Path, result: BBVIResult) -> Path:
     """Write metrics.csv, bands.csv, summary.json, convergence.png and checkpoint.pt into ``out_dir``."""
-    from ..engine.outputs import write_outputs
+    from ..engine.outputs import write_measurements
 
-    out = write_outputs(out_dir, result.metrics, result.summary)
+    out = write_measurements(out_dir, result.metrics, result.summary)
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": result.config.to_dict(),

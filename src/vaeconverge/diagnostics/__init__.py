@@ -1,7 +1,19 @@
 """Convergence diagnostics: the quantities the theorems speak of, measured on a model and its data."""
 
-from .constants import GradientNoise, gradient_noise, hvp_power_iteration, smoothness
-from .grad_norms import FullGradient, GradientNormTracker, full_objective_gradient, replica_squared_norms
+from .constants import (
+    GradientNoise,
+    gradient_noise,
+    hvp_power_iteration,
+    noise_from_gradients,
+    smoothness,
+)
+from .grad_norms import (
+    FullGradient,
+    GradientNormTracker,
+    full_objective_gradient,
+    replica_squared_norms,
+    summed_gradient,
+)
 from .random_iterate import RandomIterate, random_iterate
 from .rate import RateFit, fit_rate, slope_interval
 
@@ -15,8 +27,10 @@ __all__ = [
     "full_objective_gradient",
     "gradient_noise",
     "hvp_power_iteration",
+    "noise_from_gradients",
     "random_iterate",
     "replica_squared_norms",
     "slope_interval",
     "smoothness",
+    "summed_gradient",
 ]

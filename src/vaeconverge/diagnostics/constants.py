@@ -242,15 +242,22 @@ def gradient_noise(
     gradients g_B, each the mean of the first-draw gradients of min(batch_size, n) examples drawn without
     replacement (from generator).
     """
+    x = as_float(_subset(x, max_examples, generator))
+    grads = per_example_gradients(model, objective, x, draws=2, generator=generator)
+    return noise_from_gradients(grads, batch_size, objective.samples, generator, quantile)
+
+
+def noise_from_gradients(grads: Tensor, batch_size: int, samples: int, generator: torch.Generator,
+                         quantile: float = 0.99) -> GradientNoise:
+    """sigma_x^2, sigma_eps^2 and R (as :func:`gradient_noise` defines them) from per-example gradients ``grads``
+    of shape (n, draws, P) under ``samples`` Monte Carlo samples each: the part that does not depend on where
+    the gradients came from (a VAE's objective, or any per-example loss)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-    x = as_float(_subset(x, max_examples, generator))
-    grads = per_example_gradients(model, objective, x, draws=2, generator=generator)
     sigma2_x, mc_per_draw = decompose_variance(grads)
-
-    n = len(x)
+    n = len(grads)
     batch = min(batch_size, n)
     n_batches = 200
     # Row r of `select` averages a uniformly random subset of `batch` examples: ranks of i.i.d. uniforms.
@@ -260,4 +267,4 @@ def gradient_noise(
     minibatch = select.to(grads.device) @ grads[:, 0]
     sup_norms = minibatch.abs().amax(dim=1)
     R = torch.quantile(sup_norms.double(), quantile).item()
-    return GradientNoise(sigma2_x=sigma2_x, sigma2_eps=objective.samples * mc_per_draw, R=R)
+    return GradientNoise(sigma2_x=sigma2_x, sigma2_eps=samples * mc_per_draw, R=R)

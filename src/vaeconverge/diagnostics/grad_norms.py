@@ -6,13 +6,13 @@ never waits on the host once per parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from ..data.storage import as_float, float_dtype
+from ..data.storage import as_float
 from ..objectives import Objective, draw_noise
 
 
@@ -54,19 +54,34 @@ def full_objective_gradient(
     Monte Carlo gradient overestimates the exact one by its variance / eval_samples. ``x`` as stored: uint8
     pixels are converted one chunk at a time.
     """
-    params = replicas.parameters()
-    total = [torch.zeros_like(p) for p in params]
-    value = torch.zeros(len(replicas), dtype=float_dtype(x))
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
-    for _ in range(eval_samples):
-        for chunk in map(as_float, x.split(chunk_size)):
-            eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, chunk.dtype)
-                               for g in generators])
-            loss = -replicas(chunk, eps).sum(-1) * scale
-            torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params))
-            value += loss.detach()
+
+    def chunk_losses() -> Iterator[torch.Tensor]:
+        for _ in range(eval_samples):
+            for chunk in map(as_float, x.split(chunk_size)):
+                eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, chunk.dtype)
+                                   for g in generators])
+                yield -replicas(chunk, eps).sum(-1) * scale
+
+    value, total = summed_gradient(replicas.parameters(), chunk_losses())
     return FullGradient(objective=value.tolist(), grad_sq_norm=replicas.squared_norms(total).tolist())
+
+
+def summed_gradient(params: Sequence[torch.Tensor], losses: Iterable[torch.Tensor]
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The sum of ``losses`` (tensors of one shape, e.g. one value per replica) and the gradient of that sum with
+    respect to ``params``, one loss at a time so that only one chunk's graph is alive. Uses
+    ``torch.autograd.grad``, so the parameters' ``.grad`` fields are left untouched; a parameter a loss does not
+    use gets a zero gradient."""
+    total = [torch.zeros_like(p) for p in params]
+    value: torch.Tensor | None = None
+    for loss in losses:
+        torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params, allow_unused=True, materialize_grads=True))
+        value = loss.detach() if value is None else value + loss.detach()
+    if value is None:
+        raise ValueError("no losses to sum: the data yielded no batch")
+    return value, total
 
 
 def replica_squared_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -84,9 +99,10 @@ class GradientNormTracker:
     full-gradient norm.
     """
 
-    def __init__(self, replicas: int, n_examples: int, n_parameters: int, batch_size: int) -> None:
+    def __init__(self, replicas: int, n_examples: int, n_parameters: int, batch_size: int,
+                 device: torch.device | str | None = None) -> None:
         self._proxy_scale = batch_size**2 / (n_examples * n_parameters)
-        self._zeros = torch.zeros(replicas)
+        self._zeros = torch.zeros(replicas, device=device)
         self._window_sum = self._epoch_sum = self._zeros
         self._window_count = 0
         self._proxy: torch.Tensor | None = None

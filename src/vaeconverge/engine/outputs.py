@@ -18,14 +18,16 @@ from .train import METRIC_COLUMNS, TrainResult
 
 def write_run(out_dir: str | Path, result: TrainResult) -> Path:
     """Write every output of ``result`` into ``out_dir`` (created if needed); return the directory."""
-    out = write_outputs(out_dir, result.metrics, result.summary)
+    out = write_measurements(out_dir, result.metrics, result.summary)
     save_checkpoint(out / "checkpoint.pt", result.ensemble, result.optimizer, result.scheduler, result.config,
                     result.summary["steps"], result.dataset.x.shape[1])
     return out
 
 
-def write_outputs(out_dir: str | Path, metrics: list[dict[str, float]], summary: dict[str, Any]) -> Path:
-    """metrics.csv, bands.csv, summary.json and convergence.png of any run (VAE or BBVI) into ``out_dir``."""
+def write_measurements(out_dir: str | Path, metrics: list[dict[str, float]], summary: dict[str, Any],
+                       title: str | None = None) -> Path:
+    """Write metrics.csv, bands.csv, summary.json and convergence.png (titled ``title``, else after the run's
+    configuration) into ``out_dir``, created if needed; return the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, METRIC_COLUMNS, metrics))
@@ -33,7 +35,7 @@ def write_outputs(out_dir: str | Path, metrics: list[dict[str, float]], summary:
     atomic_write(out / "bands.csv", lambda tmp: _write_csv(tmp, list(band_rows[0]), band_rows))
     text = json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
     atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text))
-    atomic_write(out / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp))
+    atomic_write(out / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp, title))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -106,12 +107,30 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class _Probe:
+class Probe:
     """Constants measured at one point of the trajectory of one replica."""
 
     L: float
     noise: GradientNoise
     weight_bound: float
+
+
+def constants_from_probes(probes: Sequence[Probe], start: float, best: float, reference: str, d: int,
+                          batch_size: int, samples: int) -> Constants:
+    """The largest L, noise and weight seen over ``probes``, and delta = ``start`` - ``best`` (at least 0),
+    the objective at initialisation minus the best value known (described by ``reference``)."""
+    return Constants(
+        L=max(p.L for p in probes),
+        sigma2_x=max(p.noise.sigma2_x for p in probes),
+        sigma2_eps=max(p.noise.sigma2_eps for p in probes),
+        R=max(p.noise.R for p in probes),
+        a=max(p.weight_bound for p in probes),
+        delta=max(start - best, 0.0),
+        d=d,
+        batch_size=batch_size,
+        samples=samples,
+        delta_reference=reference,
+    )
 
 
 class _Evaluator:
@@ -135,13 +154,13 @@ class _Evaluator:
             rows.append({"objective": value, "grad_sq_norm": grad_sq_norm, "log_likelihood": log_likelihood})
         return rows
 
-    def probe_constants(self, step: int, batch_size: int) -> list[_Probe]:
+    def probe_constants(self, step: int, batch_size: int) -> list[Probe]:
         """Smoothness, gradient noise and largest weight magnitude of each replica at its current parameters."""
         probes = []
         for t, seed in enumerate(self.seeds):
             model, objective = self.ensemble.replica(t), self.ensemble.objective
             generator = torch.Generator().manual_seed(seed + 1 + step)
-            probes.append(_Probe(
+            probes.append(Probe(
                 L=smoothness(model, objective, self.x, generator),
                 noise=gradient_noise(model, objective, self.x, batch_size, generator),
                 weight_bound=max(p.detach().abs().max().item() for p in model.parameters()),
@@ -200,7 +219,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     points = config.eval_points or default_eval_points(config.steps, config.batch_size, len(x), config.eval_samples)
     eval_steps = evaluation_steps(config.steps, config.eval_every, points)
     probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
-    probes: list[_Probe] = []
+    probes: list[Probe] = []
     samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
 
     start = time.perf_counter()
@@ -260,25 +279,15 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     return result
 
 
-def _constants(result: TrainResult, probes: list[_Probe], ppca: float | None) -> Constants:
+def _constants(result: TrainResult, probes: list[Probe], ppca: float | None) -> Constants:
     """The largest L and noise seen along the trajectory, and delta against the best objective known."""
     config, metrics = result.config, result.metrics
     best, reference = min(row["objective"] for row in metrics), "lowest objective measured"
     exact_optimum = config.objective == "iwae" or config.beta == 1.0  # then min -objective = -max log p(x)
     if ppca is not None and exact_optimum:
         best, reference = -ppca, "closed-form pPCA optimum"
-    return Constants(
-        L=max(p.L for p in probes),
-        sigma2_x=max(p.noise.sigma2_x for p in probes),
-        sigma2_eps=max(p.noise.sigma2_eps for p in probes),
-        R=max(p.noise.R for p in probes),
-        a=max(p.weight_bound for p in probes),
-        delta=max(metrics[0]["objective"] - best, 0.0),
-        d=result.ensemble.parameters_per_replica,
-        batch_size=config.batch_size,
-        samples=config.samples,
-        delta_reference=reference,
-    )
+    return constants_from_probes(probes, metrics[0]["objective"], best, reference,
+                                 result.ensemble.parameters_per_replica, config.batch_size, config.samples)
 
 
 def _ppca_log_likelihood(result: TrainResult) -> float | None:

@@ -78,11 +78,14 @@ def _band(ax: plt.Axes, metrics: Sequence[dict[str, float]], key: str, color: st
                     label="10-90% of seeds")
 
 
-def plot_run(metrics: Sequence[dict[str, float]], summary: dict[str, Any], path: str | Path) -> None:
-    """``convergence.png`` of a run from its metrics rows and summary (title and bound label from the summary)."""
-    c = summary["config"]
-    fitted = f"BBVI of {c['target']}, {c['family']}" if c.get("kind") == "bbvi" else f"{c['model']} VAE"
-    title = f"{fitted}, {c['objective']} (K={c['samples']}), {c['optimizer']}, B={c['batch_size']}"
+def plot_run(metrics: Sequence[dict[str, float]], summary: dict[str, Any], path: str | Path,
+             title: str | None = None) -> None:
+    """``convergence.png`` of a run from its metrics rows and summary (bound label from the summary; the title,
+    unless given, from its configuration)."""
+    if title is None:
+        c = summary["config"]
+        fitted = f"BBVI of {c['target']}, {c['family']}" if c.get("kind") == "bbvi" else f"{c['model']} VAE"
+        title = f"{fitted}, {c['objective']} (K={c['samples']}), {c['optimizer']}, B={c['batch_size']}"
     bound = summary.get("bound") or {}
     label = f"bound ({bound['name']}, estimated constants)" if bound.get("value") is not None else ""
     plot_convergence(metrics, path, title, label)

@@ -91,7 +91,7 @@ def bound_curve(config: RunConfig, constants: Constants, gammas: np.ndarray, ste
         curve = ghadimi_lan_curve(gammas[:-1], c.L, c.sigma2, c.delta)
         values = np.array([curve[s - 1] if s > 0 else math.inf for s in steps])
         return "ghadimi-lan", values, "Ghadimi & Lan, SIAM J. Optim. 2013, Thm 2.1 (randomized SGD)"
-    if config.schedule != "constant":
+    if np.ptp(gammas) > 0:
         return "defossez", None, "the Adam/Adagrad bounds are stated for a constant base step size"
     if config.optimizer in ("adam", "amsgrad", "rmsprop"):
         beta1, beta2 = (0.0, RMSPROP_ALPHA) if config.optimizer == "rmsprop" else config.adam_betas
@@ -109,13 +109,15 @@ def bound_curve(config: RunConfig, constants: Constants, gammas: np.ndarray, ste
 
 
 def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
-           batches_per_epoch: int) -> dict[str, Any]:
+           batches_per_epoch: int, gammas: np.ndarray | None = None) -> dict[str, Any]:
     """``random_iterate``, ``rate_slope``, ``rate`` and ``bound`` entries of a run's summary; fills each
     metrics row's ``random_iterate`` (step-weighted mean up to that checkpoint) and ``bound`` (NaN where no
-    bound applies)."""
+    bound applies). ``gammas``, the step sizes applied at iterates 0..n, default to the configured schedule's
+    (:func:`step_sizes`); a run whose step sizes were measured passes them instead."""
     steps = [int(row["step"]) for row in metrics]
     values = [row["grad_sq_norm"] for row in metrics]
-    gammas = step_sizes(config, steps[-1], batches_per_epoch)
+    if gammas is None:
+        gammas = step_sizes(config, steps[-1], batches_per_epoch)
     rate = fit_rate(steps, values)
     measured = weighted_mean_curve(steps, values, gammas)
     for row, value in zip(metrics, measured, strict=True):
@@ -150,19 +152,20 @@ def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Co
 
 
 def assess_run(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
-               batches_per_epoch: int) -> dict[str, Any]:
+               batches_per_epoch: int, gammas: np.ndarray | None = None) -> dict[str, Any]:
     """Summary entries of a run of one or more seeds.
 
     The headline numbers and :func:`assess` are those of the seed-mean curve, the estimate of the expectation
     the theorems bound; ``per_seed`` holds each seed's own, and ``bands`` the spread over seeds at the last
     common checkpoint. Fills every row's ``random_iterate`` (its own seed's) and ``bound`` columns.
+    ``gammas`` as in :func:`assess`.
     """
     mean_rows = seed_mean(metrics)
-    out = {**headline(mean_rows), **assess(config, mean_rows, constants, batches_per_epoch)}
+    out = {**headline(mean_rows), **assess(config, mean_rows, constants, batches_per_epoch, gammas)}
     bound_at = {row["step"]: row["bound"] for row in mean_rows}
     out["per_seed"] = []
     for seed, rows in by_seed(metrics).items():
-        own = assess(dataclasses.replace(config, seed=seed, seeds=()), rows, None, batches_per_epoch)
+        own = assess(dataclasses.replace(config, seed=seed, seeds=()), rows, None, batches_per_epoch, gammas)
         for row in rows:
             row["bound"] = bound_at.get(row["step"], math.nan)
         out["per_seed"].append({"seed": seed, **headline(rows), "random_iterate": own["random_iterate"],
