@@ -34,10 +34,10 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import ConfigError, RunConfig
 from .diagnostics import GradientNormTracker, hvp_power_iteration, noise_from_gradients, summed_gradient
+from .engine.loop import METRIC_COLUMNS
 from .engine.outputs import write_measurements
 from .engine.train import (
     DIAGNOSTICS_SEED_OFFSET,
-    METRIC_COLUMNS,
     Probe,
     constants_from_probes,
     default_eval_points,

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
 from ..data import PermutationBatches
 from ..diagnostics import GradientNormTracker, hvp_power_iteration, replica_squared_norms
 from ..engine.checkpoint import atomic_write
+from ..engine.loop import checkpoint_rows, run_steps
 from ..engine.plan import intra_op_threads
-from ..engine.train import DIAGNOSTICS_SEED_OFFSET, METRIC_COLUMNS, TrainingDiverged, evaluation_steps
+from ..engine.train import DIAGNOSTICS_SEED_OFFSET, evaluation_steps
 from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
 from .config import BBVIConfig
@@ -158,44 +158,20 @@ def _fit(config: BBVIConfig, target: Target, progress: bool) -> BBVIResult:
     start = time.perf_counter()
 
     def record(step: int, lr: float) -> dict[str, float]:
-        rows = diagnostics()
-        for seed, row, window, proxy in zip(seeds, rows, tracker.read_window(), tracker.paper_proxy, strict=True):
-            if not math.isfinite(row["objective"]):
-                raise TrainingDiverged(step, seed)
-            row.update(seed=seed, step=step, epoch=max(epochs.epoch, 0), lr=lr, batch_grad_sq_norm=window,
-                       paper_proxy=proxy, random_iterate=math.nan, bound=math.nan,
-                       seconds=time.perf_counter() - start)
+        measured = diagnostics()
+        rows = checkpoint_rows(measured, seeds, step, lr, max(epochs.epoch, 0), tracker, time.perf_counter() - start)
         if step in probe_steps:
             probes.extend(diagnostics.probe(t, step) for t in range(len(seeds)))
-        result.metrics.extend({key: row[key] for key in METRIC_COLUMNS} for row in rows)
-        return result.metrics[-1]
+        result.metrics.extend(rows)
+        return rows[-1]
 
-    record(0, optimizer.param_groups[0]["lr"])
-    step, interrupted = 0, False
-    bar = tqdm(total=config.steps, desc="bbvi", unit="step", disable=not progress or None, leave=False)
-    try:
-        for step in range(1, config.steps + 1):
-            index = torch.stack([b.next_indices() for b in batches]) if batch_size < n else None
-            eps = torch.stack([_noise(g, 1, config.samples, target.dim) for g in generators])
-            loss = loss_of(eps, index)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()  # summed, not averaged: each replica's gradient stays its own
-            tracker.observe(replica_squared_norms([p.grad for p in params]))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            if epochs.epoch_finished:
-                tracker.end_epoch()
-            if step in eval_steps:
-                row = record(step, lr)
-                bar.set_postfix(objective=f"{row['objective']:.5g}", grad_sq=f"{row['grad_sq_norm']:.3g}")
-            bar.update()
-    except KeyboardInterrupt:
-        interrupted = True
-        if result.metrics[-1]["step"] != step - 1 and step > 1:
-            record(step - 1, optimizer.param_groups[0]["lr"])
-    finally:
-        bar.close()
+    def batch_losses() -> Tensor:
+        index = torch.stack([b.next_indices() for b in batches]) if batch_size < n else None
+        eps = torch.stack([_noise(g, 1, config.samples, target.dim) for g in generators])
+        return loss_of(eps, index)
+
+    interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, tracker, epochs,
+                            replica_squared_norms, eval_steps, record, "bbvi", progress)
 
     constants = _constants(result, probes, batch_size, d) if probes else None
     result.summary = {

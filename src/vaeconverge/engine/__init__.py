@@ -2,8 +2,9 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble
+from .loop import TrainingDiverged
 from .outputs import write_run
-from .train import TrainingDiverged, TrainResult, train
+from .train import TrainResult, train
 
 __all__ = [
     "CheckpointError",

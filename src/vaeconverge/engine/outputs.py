@@ -13,7 +13,8 @@ from typing import Any
 from ..diagnostics.seeds import BAND_KEYS, bands
 from ..report.figures import plot_run
 from .checkpoint import atomic_write, save_checkpoint
-from .train import METRIC_COLUMNS, TrainResult
+from .loop import METRIC_COLUMNS
+from .train import TrainResult
 
 
 def write_run(out_dir: str | Path, result: TrainResult) -> Path:

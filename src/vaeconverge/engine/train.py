@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import COUPLING_OPTIMIZERS, RunConfig
 from ..data import Dataset, PermutationBatches, as_float
@@ -28,26 +27,13 @@ from ..objectives import build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
+from .loop import checkpoint_rows, run_steps
 from .plan import Plan, intra_op_threads, plan, step_flops
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
 # often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
 DIAGNOSTICS_SEED_OFFSET = 0x5EED
 
-METRIC_COLUMNS = (
-    "seed",
-    "step",
-    "epoch",
-    "lr",
-    "objective",
-    "grad_sq_norm",
-    "batch_grad_sq_norm",
-    "paper_proxy",
-    "log_likelihood",
-    "random_iterate",
-    "bound",
-    "seconds",
-)
 
 
 # The default number of checkpoints: a full-data gradient costs up to about as much per example as a training
@@ -76,15 +62,6 @@ def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[in
         later = np.linspace(steps / 2, steps, late + 1)[1:]
         grid = np.unique(np.round(np.concatenate([early, later])).astype(int)).tolist()
     return frozenset({0, steps, *grid})
-
-
-class TrainingDiverged(RuntimeError):
-    """The full objective of a replica became NaN or infinite."""
-
-    def __init__(self, step: int, seed: int) -> None:
-        super().__init__(f"training diverged: the objective of seed {seed} is not finite at step {step}")
-        self.step = step
-        self.seed = seed
 
 
 @dataclass
@@ -225,49 +202,26 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     start = time.perf_counter()
 
     def record(step: int, lr: float) -> dict[str, float]:
-        rows = evaluate()
-        for seed, row, window, proxy in zip(seeds, rows, tracker.read_window(), tracker.paper_proxy, strict=True):
-            row.update(seed=seed, step=step, epoch=max(epochs.epoch, 0), lr=lr, batch_grad_sq_norm=window,
-                       paper_proxy=proxy, random_iterate=math.nan, bound=math.nan)  # the last two: assess()
-            if not math.isfinite(row["objective"]):
-                raise TrainingDiverged(step, seed)
+        measured = evaluate()
+        rows = checkpoint_rows(measured, seeds, step, lr, max(epochs.epoch, 0), tracker, time.perf_counter() - start)
         if step in probe_steps:
             probes.extend(evaluate.probe_constants(step, config.batch_size))
-        seconds = time.perf_counter() - start
-        result.metrics.extend({key: row[key] for key in METRIC_COLUMNS if key != "seconds"} | {"seconds": seconds}
-                              for row in rows)
-        return result.metrics[-1]
+        result.metrics.extend(rows)
+        return rows[-1]
 
-    record(0, optimizer.param_groups[0]["lr"])
-    step, interrupted = 0, False
-    bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress or None, leave=False)
-    try:
-        for step in range(1, config.steps + 1):
-            xb = as_float(x[torch.stack([b.next_indices() for b in batches])])  # one gather for every replica
-            eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in generators])
-            loss = -ensemble(xb, eps).mean(-1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()  # summed, not averaged: each replica's gradient stays its own
-            grads = [p.grad for p in params]
-            squared_norms = ensemble.squared_norms(grads)
-            if config.clip_grad_norm is not None:
-                clip_replica_norms_(ensemble, grads, squared_norms, config.clip_grad_norm)
-            tracker.observe(squared_norms)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            if epochs.epoch_finished:
-                tracker.end_epoch()
-            if step in eval_steps:
-                row = record(step, lr)
-                bar.set_postfix(objective=f"{row['objective']:.4g}", grad_sq=f"{row['grad_sq_norm']:.3g}")
-            bar.update()
-    except KeyboardInterrupt:
-        interrupted = True
-        if result.metrics[-1]["step"] != step - 1 and step > 1:
-            record(step - 1, optimizer.param_groups[0]["lr"])
-    finally:
-        bar.close()
+    def batch_losses() -> torch.Tensor:
+        xb = as_float(x[torch.stack([b.next_indices() for b in batches])])  # one gather for every replica
+        eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in generators])
+        return -ensemble(xb, eps).mean(-1)
+
+    def squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+        norms = ensemble.squared_norms(grads)
+        if config.clip_grad_norm is not None:
+            clip_replica_norms_(ensemble, grads, norms, config.clip_grad_norm)
+        return norms
+
+    interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, tracker, epochs, squared_norms,
+                            eval_steps, record, "train", progress)
 
     ppca = _ppca_log_likelihood(result) if isinstance(ensemble.template, LinearVAE) else None
     constants = _constants(result, probes, ppca) if probes else None
