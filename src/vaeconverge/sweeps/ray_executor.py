@@ -62,7 +62,7 @@ class RayExecutor:
                                                       max_retries=retries)
 
     def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
-        submitted = {}
+        submitted: dict[futures.Future[Outcome], object] = {}  # each future's ObjectRef, to cancel it
 
         def submit(task: Task) -> futures.Future[Outcome]:
             reference = self._task.remote(task, self.cpus_per_run)
