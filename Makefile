@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
 # The paper's six hyperparameter studies, shortened (about 6 minutes on 2 cores); resumes if interrupted.
@@ -26,7 +26,7 @@ lint: install
 
 # Throughput and memory against a naive loop and Pythae (the optional 'bench' extra); minutes, not seconds.
 bench: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -15,7 +15,7 @@ from .config import ConfigError, RunConfig, SyntheticConfig
 from .engine.plan import available_cores
 
 if TYPE_CHECKING:
-    from .sweeps import Store
+    from .sweeps import Executor, Store
 
 EXIT_USAGE = 2
 
@@ -222,17 +222,27 @@ def _run_bound(args: argparse.Namespace) -> int:
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run every configuration of a TOML sweep not yet in the store; "
                                      "'sweep status DB' counts runs by status",
-                       description="vaeconverge sweep SPEC.toml --store results.db [--jobs N]: run the sweep's "
-                                   "configurations that the store has not finished, resuming after any "
-                                   "interruption. vaeconverge sweep status results.db [--json]: runs by status. "
+                       description="vaeconverge sweep SPEC.toml --store results.db [--jobs N | --executor ray "
+                                   "...]: run the sweep's configurations that the store has not finished, here or "
+                                   "on a Ray cluster, resuming after any interruption. vaeconverge sweep status "
+                                   "results.db [--json]: runs by status. "
                                    "Exit status 0 when every run of the sweep is done, 1 when some failed or "
                                    "diverged.")
     p.add_argument("spec", metavar="SPEC.toml", help="the sweep file (or 'status')")
     p.add_argument("database", nargs="?", type=Path, help=argparse.SUPPRESS)  # of 'sweep status DB'
     p.add_argument("--store", type=Path, help="the SQLite result store (created if absent)")
-    p.add_argument("--jobs", type=int, default=available_cores(),
-                   help="runs at once: 1 runs them in this process, more in a pool of worker processes "
-                        "(default: %(default)s, the cores)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine, as --jobs says; ray: Ray tasks, on a cluster with --address or "
+                        "on a Ray instance started here (pip install 'vaeconverge[ray]')")
+    p.add_argument("--jobs", type=int,
+                   help=f"local: runs at once; 1 runs them in this process, more in a pool of worker processes "
+                        f"(default: {available_cores()}, the cores)")
+    g = p.add_argument_group("ray (with --executor ray)")
+    g.add_argument("--address", help="the cluster's head, HEAD:6379, or 'auto' for the cluster this machine "
+                                     "belongs to (default: start a Ray instance here)")
+    g.add_argument("--cpus-per-run", type=int, help="CPUs each run reserves and trains on, as threads (default: 1)")
+    g.add_argument("--gpus-per-run", type=float, help="GPUs each run reserves (default: 0)")
+    g.add_argument("--retries", type=int, help="times a run whose worker died is run again (default: 1)")
     p.add_argument("--retry-failed", action="store_true", help="run the sweep's failed runs again")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.add_argument("--json", action="store_true", help="status: print JSON")
@@ -240,7 +250,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import SpecError, Store, StoreError, build_executor, load_spec, run_sweep
+    from .sweeps import SpecError, Store, StoreError, load_spec, run_sweep
 
     try:
         if args.spec == "status":
@@ -254,13 +264,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("sweep", f"unexpected argument {str(args.database)!r}; the store is --store DB")
         if args.store is None:
             raise ConfigError("--store", "name the SQLite result store, e.g. --store results.db")
-        if args.jobs < 1:
-            raise ConfigError("--jobs", f"must be at least 1 (got {args.jobs})")
         spec = load_spec(args.spec)
+        executor = _sweep_executor(args)
         with Store(args.store) as store:
             try:
-                counts = run_sweep(spec, store, build_executor(args.jobs), progress=not args.quiet,
-                                   retry_failed=args.retry_failed)
+                counts = run_sweep(spec, store, executor, progress=not args.quiet, retry_failed=args.retry_failed)
             except KeyboardInterrupt:
                 print(f"vaeconverge sweep: interrupted; finished runs are in {args.store}, run the same command "
                       "to resume", file=sys.stderr)
@@ -270,6 +278,27 @@ def _run_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
           + f"; stored in {args.store}")
     return 0 if counts["done"] == sum(counts.values()) else 1
+
+
+def _sweep_executor(args: argparse.Namespace) -> Executor:
+    """The executor that ``sweep``'s options ask for; an option of the other executor is an error."""
+    from .sweeps import build_executor
+
+    ray_options = {"cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run, "retries": args.retries}
+    if args.executor == "ray":
+        if args.jobs is not None:
+            raise ConfigError("--jobs", "is for --executor local; on Ray, --cpus-per-run sizes each run and the "
+                                        "cluster's nodes how many run at once")
+        from .sweeps.ray_executor import RayExecutor
+
+        return RayExecutor(args.address, **{name: value for name, value in ray_options.items() if value is not None})
+    for name, value in {"address": args.address, **ray_options}.items():
+        if value is not None:
+            raise ConfigError("--" + name.replace("_", "-"), "is for --executor ray")
+    jobs = available_cores() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ConfigError("--jobs", f"must be at least 1 (got {jobs})")
+    return build_executor(jobs)
 
 
 def _print_status(store: Store, as_json: bool) -> int:

@@ -1,7 +1,8 @@
 """Where a sweep's runs execute: in the driver's own process, or in a local pool of worker processes.
 
 An executor takes (run id, configuration) tasks and yields each run's :class:`Outcome` as it finishes; it never
-touches the store, which only the driver writes. A cluster executor (Ray) fits the same interface.
+touches the store, which only the driver writes. A cluster executor (Ray, in
+:mod:`.ray_executor`) fits the same interface.
 """
 
 from __future__ import annotations
@@ -70,25 +71,34 @@ class ProcessPool:
         self.threads = max(1, available_cores() // jobs)
 
     def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
-        queue = iter(tasks)
         with futures.ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
-            running: dict[futures.Future[Outcome], str] = {}
-            try:
-                while True:
-                    for task in queue:
-                        started(task[0])
-                        running[pool.submit(execute, task, self.threads)] = task[0]
-                        if len(running) == self.jobs:
-                            break
-                    if not running:
-                        return
-                    done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-                    for future in done:
-                        yield _outcome(future, running.pop(future))
-            except BaseException:
-                for future in running:
-                    future.cancel()
-                raise
+            yield from run_bounded(tasks, started, lambda task: pool.submit(execute, task, self.threads), self.jobs,
+                                   _outcome)
+
+
+def run_bounded(tasks: Iterable[Task], started: Callable[[str], None],
+                submit: Callable[[Task], futures.Future[Outcome]], slots: int,
+                outcome: Callable[[futures.Future[Outcome], str], Outcome]) -> Iterator[Outcome]:
+    """Keep at most ``slots`` tasks ``submit``ted at a time and yield ``outcome(future, run_id)`` as each
+    finishes; an executor is a ``submit`` (to a process pool, to a Ray cluster) and an ``outcome``."""
+    queue = iter(tasks)
+    running: dict[futures.Future[Outcome], str] = {}
+    try:
+        while True:
+            for task in queue:
+                started(task[0])
+                running[submit(task)] = task[0]
+                if len(running) == slots:
+                    break
+            if not running:
+                return
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                yield outcome(future, running.pop(future))
+    except BaseException:
+        for future in running:
+            future.cancel()
+        raise
 
 
 def _outcome(future: futures.Future[Outcome], run_id: str) -> Outcome:
