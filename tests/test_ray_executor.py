@@ -14,24 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_sweeps import SMALL as SWEEP_BASE  # the local executor's small sweep
 
 from vaeconverge.cli import main
 from vaeconverge.config import ConfigError
 
-SMALL = """
-name = "small"
-seeds = 2
-[base]
-data = "digits"
-hidden = 8
-depth = 1
-latent-dim = 2
-steps = 30
-eval_every = 10
-constants = false
-[grid]
-batch_size = [16, 32]
-"""
+SMALL = SWEEP_BASE + "[grid]\nbatch_size = [16, 32]\n"
 EXECUTION = ("seconds", "threads")  # how a run executed, not what it computed
 
 
