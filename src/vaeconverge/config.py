@@ -94,12 +94,12 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
-        _choice("--model", self.model, MODELS)
-        _choice("--activation", self.activation, ACTIVATIONS)
-        _choice("--likelihood", self.likelihood, LIKELIHOODS)
-        _choice("--objective", self.objective, OBJECTIVES)
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--schedule", self.schedule, SCHEDULES)
+        check_choice("--model", self.model, MODELS)
+        check_choice("--activation", self.activation, ACTIVATIONS)
+        check_choice("--likelihood", self.likelihood, LIKELIHOODS)
+        check_choice("--objective", self.objective, OBJECTIVES)
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--schedule", self.schedule, SCHEDULES)
         for option, value in (
             ("--latent-dim", self.latent_dim),
             ("--hidden", self.hidden),
@@ -112,21 +112,18 @@ class RunConfig:
             ("--data-dim", self.synthetic.data_dim),
             ("--true-latent-dim", self.synthetic.latent_dim),
         ):
-            _positive(option, value)
+            check_positive(option, value)
         for option, optional in (("--eval-every", self.eval_every), ("--eval-points", self.eval_points)):
             if optional is not None:
-                _positive(option, optional)
-        _positive("--lr", self.lr)
+                check_positive(option, optional)
+        check_positive("--lr", self.lr)
         if self.decoder_std is not None:
-            _positive("--decoder-std", self.decoder_std)
-        _positive("--noise-std", self.synthetic.noise_std)
-        _positive("--softclip-s", self.softclip_s)
-        _nonnegative("--beta", self.beta)
-        _nonnegative("--schedule-power", self.schedule_power)
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError("--momentum", f"must lie in [0, 1) (got {self.momentum})")
-        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {self.adam_betas})")
+            check_positive("--decoder-std", self.decoder_std)
+        check_positive("--noise-std", self.synthetic.noise_std)
+        check_positive("--softclip-s", self.softclip_s)
+        check_nonnegative("--beta", self.beta)
+        check_nonnegative("--schedule-power", self.schedule_power)
+        check_optimizer_options(self.momentum, self.adam_betas)
         if not self.softclip_s1 < self.softclip_s2:
             raise ConfigError(
                 "--softclip-s1", f"must be below --softclip-s2 (got {self.softclip_s1} >= {self.softclip_s2})"
@@ -134,23 +131,12 @@ class RunConfig:
         if not self.data:
             raise ConfigError("--data", "must name a built-in data set or a file")
         if self.clip_grad_norm is not None:
-            _positive("--clip-grad-norm", self.clip_grad_norm)
+            check_positive("--clip-grad-norm", self.clip_grad_norm)
         if self.threads is not None:
-            _positive("--threads", self.threads)
-        self._validate_seeds()
+            check_positive("--threads", self.threads)
+        check_seeds(self.replica_seeds, self.optimizer)
         return self
 
-    def _validate_seeds(self) -> None:
-        seeds = self.replica_seeds
-        if not all(isinstance(s, int) and s >= 0 for s in seeds):
-            raise ConfigError("--seeds", f"seeds must be non-negative integers (got {list(seeds)})")
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError("--seeds", f"seeds must be distinct (got {list(seeds)})")
-        if len(seeds) > 1 and self.optimizer in COUPLING_OPTIMIZERS:
-            raise ConfigError(
-                "--seeds", f"--optimizer {self.optimizer} would couple the replicas "
-                f"({COUPLING_OPTIMIZERS[self.optimizer]}); train its seeds one at a time or choose an "
-                "elementwise optimizer")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary of every resolved option."""
@@ -175,16 +161,39 @@ class RunConfig:
         return cls(**values)
 
 
-def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+def check_seeds(seeds: tuple[int, ...], optimizer: str) -> None:
+    """Replica seeds must be distinct non-negative integers, and the optimizer must not couple several."""
+    if not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError("--seeds", f"seeds must be non-negative integers (got {list(seeds)})")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("--seeds", f"seeds must be distinct (got {list(seeds)})")
+    if len(seeds) > 1 and optimizer in COUPLING_OPTIMIZERS:
+        raise ConfigError(
+            "--seeds", f"--optimizer {optimizer} would couple the replicas "
+            f"({COUPLING_OPTIMIZERS[optimizer]}); train its seeds one at a time or choose an elementwise optimizer")
+
+
+def check_optimizer_options(momentum: float, adam_betas: tuple[float, float]) -> None:
+    """Momentum and both Adam betas must lie in [0, 1)."""
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError("--momentum", f"must lie in [0, 1) (got {momentum})")
+    if not all(0.0 <= b < 1.0 for b in adam_betas):
+        raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {adam_betas})")
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    """``value`` must be one of ``choices``."""
     if value not in choices:
         raise ConfigError(option, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
-def _positive(option: str, value: float) -> None:
+def check_positive(option: str, value: float) -> None:
+    """``value`` must be a finite number above zero."""
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ConfigError(option, f"must be positive (got {value})")
 
 
-def _nonnegative(option: str, value: float) -> None:
+def check_nonnegative(option: str, value: float) -> None:
+    """``value`` must be a finite number at or above zero."""
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise ConfigError(option, f"must be non-negative (got {value})")

@@ -7,7 +7,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import COUPLING_OPTIMIZERS, OPTIMIZERS, SCHEDULES, ConfigError, _choice, _positive
+from ..config import (
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+    check_choice,
+    check_optimizer_options,
+    check_positive,
+    check_seeds,
+)
 from .families import FAMILIES
 from .objectives import OBJECTIVES
 from .targets import BUILTIN_TARGETS, build_target
@@ -52,34 +60,26 @@ class BBVIConfig:
 
     def validate(self) -> BBVIConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
-        _choice("--target", self.target, tuple(BUILTIN_TARGETS))
-        _choice("--family", self.family, FAMILIES)
-        _choice("--objective", self.objective, OBJECTIVES)
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--schedule", self.schedule, SCHEDULES)
+        check_choice("--target", self.target, tuple(BUILTIN_TARGETS))
+        check_choice("--family", self.family, FAMILIES)
+        check_choice("--objective", self.objective, OBJECTIVES)
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--schedule", self.schedule, SCHEDULES)
         for option, value in (("--samples", self.samples), ("--steps", self.steps), ("--lr", self.lr),
                               ("--flow-layers", self.flow_layers), ("--eval-points", self.eval_points),
                               ("--eval-samples", self.eval_samples)):
-            _positive(option, value)
+            check_positive(option, value)
         for option, optional in (("--eval-every", self.eval_every), ("--threads", self.threads)):
             if optional is not None:
-                _positive(option, optional)
+                check_positive(option, optional)
         if self.batch_size is not None:
-            _positive("--batch-size", self.batch_size)
+            check_positive("--batch-size", self.batch_size)
             n = build_target(self.target).n_data
             if self.batch_size > n:
                 raise ConfigError("--batch-size", f"must be at most N = {n}, the data of --target {self.target} "
                                                   f"(got {self.batch_size})")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError("--momentum", f"must lie in [0, 1) (got {self.momentum})")
-        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {self.adam_betas})")
-        seeds = self.replica_seeds
-        if not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise ConfigError("--seeds", f"seeds must be distinct non-negative integers (got {list(seeds)})")
-        if len(seeds) > 1 and self.optimizer in COUPLING_OPTIMIZERS:
-            raise ConfigError("--seeds", f"--optimizer {self.optimizer} would couple the replicas "
-                                         f"({COUPLING_OPTIMIZERS[self.optimizer]}); train one seed at a time")
+        check_optimizer_options(self.momentum, self.adam_betas)
+        check_seeds(self.replica_seeds, self.optimizer)
         return self
 
     def to_dict(self) -> dict[str, Any]:
