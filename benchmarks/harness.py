@@ -164,16 +164,20 @@ def speedup(label: str, candidate: Measurement, baseline: Measurement, minimum: 
 
 
 def against_baseline(name: str, baseline: Variant, ours: Callable[[str, dict[str, Any]], Variant],
-                     versus: str, steps: int, settings: Settings, target: float) -> Result:
+                     versus: str, steps: int, settings: Settings, target: float,
+                     also: Sequence[tuple[str, dict[str, Any]]] = ()) -> Result:
     """vaeconverge with its default diagnostics (``--quick``: 5 checkpoints) and, for information, with
-    checkpoints at the first and last step only, each against ``baseline``; ``ours(label, options)`` is the
-    variant of vaeconverge with those diagnostic options."""
-    variants = [baseline, ours(QUICK, QUICK_DIAGNOSTICS) if settings.quick else ours(DEFAULT, DEFAULT_DIAGNOSTICS),
-                ours(FIRST_LAST, first_last(steps))]
-    baseline, default, lean = measure_all(variants, settings)
-    return Result(name, [baseline, default, lean], [
+    checkpoints at the first and last step only, and with each of the default's variations ``also`` (label,
+    options), each against ``baseline``; ``ours(label, options)`` is the variant of vaeconverge with those
+    options."""
+    diagnostics = QUICK_DIAGNOSTICS if settings.quick else DEFAULT_DIAGNOSTICS
+    variants = [baseline, ours(QUICK if settings.quick else DEFAULT, diagnostics), ours(FIRST_LAST, first_last(steps)),
+                *(ours(label, diagnostics | options) for label, options in also)]
+    baseline, default, *others = measure_all(variants, settings)
+    return Result(name, [baseline, default, *others], [
         speedup(f"speed-up vs {versus}", default, baseline, target),
-        speedup(f"speed-up vs {versus}, {FIRST_LAST}", lean, baseline, None),
+        *(speedup(f"speed-up vs {versus}, {label}", other, baseline, None)
+          for label, other in zip([FIRST_LAST, *(label for label, _ in also)], others, strict=True)),
     ])
 
 

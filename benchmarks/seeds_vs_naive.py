@@ -2,7 +2,8 @@
 pass, against 8 sequential runs of the naive loop (``naive.py``) on the same data. Target: >= 3x.
 
 Both sides train 8 x 2000 steps. vaeconverge runs with its default full-gradient diagnostics, constants probes
-off (``--quick``: 5 checkpoints), and once more with them reduced to the first and last step, for information.
+off (``--quick``: 5 checkpoints), and, for information, once with them reduced to the first and last step and
+once keeping denormal floats (``--denormals keep``), which shows what flushing them gains.
 Run: ``.venv/bin/python benchmarks/seeds_vs_naive.py [--quick]`` (or ``run_all.py``).
 """
 
@@ -28,7 +29,8 @@ def run(settings: Settings) -> Result:
 
     naive = Variant(f"naive loop, {len(SEEDS)} runs one after another", time_naive,
                     (data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup))
-    return against_baseline(NAME, naive, ours, "naive", steps, settings, TARGET)
+    return against_baseline(NAME, naive, ours, "naive", steps, settings, TARGET,
+                            also=[("denormals kept (IEEE arithmetic)", {"denormals": "keep"})])
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ INVALID = [
     (["--model", "transformer"], "--model"),
     (["--optimizer", "lbfgs"], "--optimizer"),
     (["--schedule", "cosine"], "--schedule"),
+    (["--denormals", "ieee"], "--denormals"),
     (["--frobnicate"], "--frobnicate"),
     (["--frobnicate", "3"], "--frobnicate"),
     (["--data", "/nonexistent/x.npy"], "--data"),

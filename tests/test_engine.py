@@ -6,10 +6,11 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
-from vaeconverge.config import RunConfig
+from vaeconverge.config import ConfigError, RunConfig
 from vaeconverge.data import load_dataset
-from vaeconverge.engine import train
+from vaeconverge.engine import plan, train
 from vaeconverge.engine.train import default_eval_points, evaluation_steps
 
 LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "amsgrad": 3e-3, "rmsprop": 1e-3, "adagrad": 3e-2}
@@ -84,3 +85,23 @@ def test_checkpoint_budget_sets_the_rows_a_run_writes() -> None:
     config = RunConfig(data="digits", hidden=16, depth=1, steps=300, constants=False)
     result = train(config, load_dataset(config), progress=False)
     assert [row["step"] for row in result.metrics] == sorted(evaluation_steps(300, None, 6))
+
+
+@pytest.mark.skipif(plan._gomp_parallel() is None, reason="intra-op threads are reached only under GNU OpenMP")
+def test_flush_denormals_reaches_every_intra_op_thread_and_is_undone() -> None:
+    """Inside the block a product large enough to be shared out among the threads flushes denormals on every
+    share, though the threads existed before; afterwards every share computes them again."""
+    denormal = torch.full((1 << 20,), torch.finfo(torch.float32).tiny / 4)
+    with plan.intra_op_threads(2):
+        assert torch.equal(denormal.mul(1.0), denormal)  # the pool now exists, without flushing
+        with plan.flush_denormals():
+            assert plan.flushes_denormals()
+            inside = denormal.mul(1.0)
+        after = denormal.mul(1.0)
+    assert inside.count_nonzero() == 0
+    assert torch.equal(after, denormal) and not plan.flushes_denormals()
+
+
+def test_denormals_option_is_checked() -> None:
+    with pytest.raises(ConfigError, match="--denormals"):
+        RunConfig(denormals="ieee").validate()

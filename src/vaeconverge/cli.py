@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .sweeps import Executor, Store
 
 EXIT_USAGE = 2
+DENORMALS_HELP = ("flush (default): denormal floats are zero while training, which keeps Adam from slowing down "
+                  "several-fold once moments of weights with zero gradients decay into them; keep: IEEE arithmetic")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +96,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="clip each replica's gradient to this Euclidean norm")
     g.add_argument("--threads", type=int, default=d.threads,
                    help="intra-op threads (default: 1 for small models, every core for large ones)")
+    g.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
 
     g = p.add_argument_group("diagnostics and output")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
@@ -141,6 +144,7 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_seeds, default=None, metavar="T|S1,S2,...",
                    help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one pass")
     p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads (default 1)")
+    p.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-points", type=int, default=d.eval_points, help="checkpoints of the full gradient")
     p.add_argument("--eval-samples", type=int, default=d.eval_samples,

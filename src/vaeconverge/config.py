@@ -16,6 +16,7 @@ OPTIMIZERS = ("sgd", "adam", "amsgrad", "adamw", "nadam", "radam", "adamax", "rm
 # across replicas they would mix the replicas, so they train one seed at a time.
 COUPLING_OPTIMIZERS = {"adafactor": "its factored second moment averages over a tensor's rows and columns"}
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
+DENORMALS = ("flush", "keep")  # denormal floats flushed to zero while training, or kept (IEEE)
 BUILTIN_DATA = ("digits", "synthetic-linear")
 
 
@@ -76,6 +77,7 @@ class RunConfig:
     seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
     clip_grad_norm: float | None = None  # clip each replica's gradient to this Euclidean norm
     threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/plan.py)
+    denormals: str = "flush"  # one of DENORMALS (engine/plan.py)
     # diagnostics
     eval_every: int | None = None  # None: ``eval_points`` checkpoints (see engine.train.evaluation_steps)
     eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.train)
@@ -100,6 +102,7 @@ class RunConfig:
         check_choice("--objective", self.objective, OBJECTIVES)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--schedule", self.schedule, SCHEDULES)
+        check_choice("--denormals", self.denormals, DENORMALS)
         for option, value in (
             ("--latent-dim", self.latent_dim),
             ("--hidden", self.hidden),

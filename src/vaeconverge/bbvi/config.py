@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import (
+    DENORMALS,
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
@@ -43,6 +44,7 @@ class BBVIConfig:
     seed: int = 0
     seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
     threads: int | None = None  # intra-op threads; None: one (BBVI's tensors are small)
+    denormals: str = "flush"  # one of DENORMALS (engine/plan.py)
     eval_every: int | None = None
     eval_points: int = 20  # checkpoints of the full-objective gradient (see engine.train.evaluation_steps)
     eval_samples: int = 256  # Monte Carlo groups of K samples in the full objective at a checkpoint
@@ -65,6 +67,7 @@ class BBVIConfig:
         check_choice("--objective", self.objective, OBJECTIVES)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--schedule", self.schedule, SCHEDULES)
+        check_choice("--denormals", self.denormals, DENORMALS)
         for option, value in (("--samples", self.samples), ("--steps", self.steps), ("--lr", self.lr),
                               ("--flow-layers", self.flow_layers), ("--eval-points", self.eval_points),
                               ("--eval-samples", self.eval_samples)):

@@ -23,7 +23,7 @@ from ..data import PermutationBatches
 from ..diagnostics import GradientNormTracker, hvp_power_iteration, replica_squared_norms
 from ..engine.checkpoint import atomic_write
 from ..engine.loop import checkpoint_rows, run_steps
-from ..engine.plan import intra_op_threads
+from ..engine.plan import flush_denormals, intra_op_threads
 from ..engine.train import DIAGNOSTICS_SEED_OFFSET, evaluation_steps
 from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
@@ -132,7 +132,7 @@ def train(config: BBVIConfig, target: Target | None = None, progress: bool = Tru
     target = target if target is not None else build_target(config.target)
     if config.batch_size is None:  # resolved, so that the summary and the bounds see the B that was used
         config = dataclasses.replace(config, batch_size=target.n_data)
-    with intra_op_threads(config.threads or 1):
+    with intra_op_threads(config.threads or 1), flush_denormals(config.denormals == "flush"):
         return _fit(config, target, progress)
 
 

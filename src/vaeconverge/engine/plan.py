@@ -13,14 +13,20 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
   T >= 2 small (vectorised) replicas use every core, the threads sharing out whole replicas' products
   (checked bit for bit against one thread on the digits MLP, ELBO and IWAE); large replicas use every core
   whatever T.
+- Denormals. Arithmetic on denormal floats (below 1.2e-38 in float32) takes a slow path on x86, and training
+  makes them: Adam's first moment of a weight whose gradient is exactly zero, as behind a dead ReLU unit, shrinks
+  by beta1 each step and enters that range after about 700 steps. Flushing them to zero kept the Adam step of 8
+  digits MLPs at 0.7 ms where it grew to 4.3 ms (benchmarks/seeds_vs_naive.py); it changes no value above them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -71,3 +77,56 @@ def intra_op_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# The signature of the body of an OpenMP parallel region, as GNU OpenMP's GOMP_parallel takes it.
+_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+@cache
+def _gomp_parallel() -> Callable[..., None] | None:
+    """GNU OpenMP's entry point for a parallel region, where torch's intra-op threads are GNU OpenMP's (the
+    Linux wheels); None elsewhere."""
+    try:
+        parallel = ctypes.CDLL(None).GOMP_parallel
+    except (AttributeError, OSError, TypeError):  # not loaded, or no process-wide symbol table (Windows)
+        return None
+    parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    return parallel
+
+
+def _set_flush_denormal_everywhere(on: bool) -> None:
+    """``torch.set_flush_denormal(on)`` on the calling thread and on each of its intra-op threads.
+
+    The flush-to-zero bits live in each thread's floating-point control register, so torch's call sets only the
+    thread that makes it; OpenMP threads inherit them only when created afterwards, and the pool usually exists
+    by then. With GNU OpenMP the call is run once on every thread of a team the size of the pool; elsewhere
+    only the calling thread is set.
+    """
+    torch.set_flush_denormal(on)
+    parallel, threads = _gomp_parallel(), torch.get_num_threads()
+    if parallel is not None and threads > 1:
+        parallel(_TEAM_BODY(lambda _: torch.set_flush_denormal(on)), None, threads, 0)
+
+
+def flushes_denormals() -> bool:
+    """Whether the calling thread flushes denormal floats to zero."""
+    return torch.tensor(torch.finfo(torch.float32).tiny / 2).mul(1.0).item() == 0.0
+
+
+@contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Run the block with denormal floats flushed to zero on every intra-op thread (see the module's
+    docstring), and with IEEE arithmetic again afterwards if the calling thread had it; ``enabled=False`` changes
+    nothing. Enter it inside :func:`intra_op_threads`, so that it reaches the threads the block uses."""
+    if not enabled:
+        yield
+        return
+    before = flushes_denormals()
+    _set_flush_denormal_everywhere(True)
+    try:
+        yield
+    finally:
+        if not before:
+            _set_flush_denormal_everywhere(False)

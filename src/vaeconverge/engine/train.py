@@ -28,7 +28,7 @@ from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import checkpoint_rows, run_steps
-from .plan import Plan, intra_op_threads, plan, step_flops
+from .plan import Plan, flush_denormals, intra_op_threads, plan, step_flops
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
 # often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
@@ -173,7 +173,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     """
     config.validate()
     ensemble, chosen = build_ensemble(config, dataset.x)
-    with intra_op_threads(chosen.threads):
+    with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
         result = _fit(config, dataset, ensemble, progress)
     result.summary["threads"] = chosen.threads
     result.summary["vectorised"] = chosen.vectorised

@@ -38,7 +38,7 @@ TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "finding")
 EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
 # Options that change how a run executes or where its files are, not what it computes: left out of its identifier.
-EXECUTION_ONLY = ("threads", "data_dir")
+EXECUTION_ONLY = ("threads", "denormals", "data_dir")
 # What a study's runs are, by the optional ``kind`` key of its [base]: VAEs (``vaeconverge train``) by default,
 # or black-box variational inference (``vaeconverge bbvi``).
 KINDS: dict[str, type[RunConfig] | type[BBVIConfig]] = {"vae": RunConfig, BBVI_KIND: BBVIConfig}
