@@ -4,6 +4,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model, save_check
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble
 from .loop import TrainingDiverged
 from .outputs import write_run
+from .plan import flush_denormals
 from .train import TrainResult, train
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "VectorisedEnsemble",
+    "flush_denormals",
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
