@@ -16,7 +16,8 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
 - Denormals. Arithmetic on denormal floats (below 1.2e-38 in float32) takes a slow path on x86, and training
   makes them: Adam's first moment of a weight whose gradient is exactly zero, as behind a dead ReLU unit, shrinks
   by beta1 each step and enters that range after about 700 steps. Flushing them to zero kept the Adam step of 8
-  digits MLPs at 0.7 ms where it grew to 4.3 ms (benchmarks/seeds_vs_naive.py); it changes no value above them.
+  digits MLPs at 0.7 ms where it grew to 4.3 ms (benchmarks/seeds_vs_naive.py); only numbers in that range
+  change, to zero.
 """
 
 from __future__ import annotations
