@@ -25,7 +25,7 @@ from PIL import Image
 
 from vaeconverge.data import as_float
 from vaeconverge.data.celeba import FOLDER, IMAGES, PARTITIONS, SOURCE_SIZE, VALUES, load_celeba
-from vaeconverge.engine.plan import available_cores
+from vaeconverge.runtime import available_cores
 
 TRAIN_SPLIT = 162_770  # images in CelebA's train split
 BATCH = 128

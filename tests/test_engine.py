@@ -10,7 +10,8 @@ import torch
 
 from vaeconverge.config import ConfigError, RunConfig
 from vaeconverge.data import load_dataset
-from vaeconverge.engine import plan, train
+from vaeconverge import runtime
+from vaeconverge.engine import train
 from vaeconverge.engine.train import default_eval_points, evaluation_steps
 
 LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "amsgrad": 3e-3, "rmsprop": 1e-3, "adagrad": 3e-2}
@@ -87,19 +88,19 @@ def test_checkpoint_budget_sets_the_rows_a_run_writes() -> None:
     assert [row["step"] for row in result.metrics] == sorted(evaluation_steps(300, None, 6))
 
 
-@pytest.mark.skipif(plan._gomp_parallel() is None, reason="intra-op threads are reached only under GNU OpenMP")
+@pytest.mark.skipif(runtime._gomp_parallel() is None, reason="intra-op threads are reached only under GNU OpenMP")
 def test_flush_denormals_reaches_every_intra_op_thread_and_is_undone() -> None:
     """Inside the block a product large enough to be shared out among the threads flushes denormals on every
     share, though the threads existed before; afterwards every share computes them again."""
     denormal = torch.full((1 << 20,), torch.finfo(torch.float32).tiny / 4)
-    with plan.intra_op_threads(2):
+    with runtime.intra_op_threads(2):
         assert torch.equal(denormal.mul(1.0), denormal)  # the pool now exists, without flushing
-        with plan.flush_denormals():
-            assert plan.flushes_denormals()
+        with runtime.flush_denormals():
+            assert runtime.flushes_denormals()
             inside = denormal.mul(1.0)
         after = denormal.mul(1.0)
     assert inside.count_nonzero() == 0
-    assert torch.equal(after, denormal) and not plan.flushes_denormals()
+    assert torch.equal(after, denormal) and not runtime.flushes_denormals()
 
 
 def test_denormals_option_is_checked() -> None:

@@ -4,6 +4,7 @@ from .config import ConfigError, RunConfig, SyntheticConfig
 from .models import VAE, LinearVAE, build_vae, ppca_optimum
 from .monitor import ConvergenceMonitor
 from .objectives import ELBO, IWAE, build_objective
+from .runtime import flush_denormals
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,6 @@ __all__ = [
     "SyntheticConfig",
     "build_objective",
     "build_vae",
+    "flush_denormals",
     "ppca_optimum",
 ]

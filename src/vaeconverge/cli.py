@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from . import config as cfg
 from .config import ConfigError, RunConfig, SyntheticConfig
-from .engine.plan import available_cores
+from .runtime import available_cores
 
 if TYPE_CHECKING:
     from .sweeps import Executor, Store

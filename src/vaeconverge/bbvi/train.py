@@ -23,7 +23,7 @@ from ..data import PermutationBatches
 from ..diagnostics import GradientNormTracker, hvp_power_iteration, replica_squared_norms
 from ..engine.checkpoint import atomic_write
 from ..engine.loop import checkpoint_rows, run_steps
-from ..engine.plan import flush_denormals, intra_op_threads
+from ..runtime import flush_denormals, intra_op_threads
 from ..engine.train import DIAGNOSTICS_SEED_OFFSET, evaluation_steps
 from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
+from ..runtime import available_cores
 
 FOLDER = "celeba"
 IMAGES = "img_align_celeba"
@@ -152,7 +153,6 @@ def _build_cache(paths: list[Path], cache: Path, progress: bool) -> None:
 def _decode_into(out: np.ndarray, paths: list[Path], progress: bool) -> None:
     """Row i of ``out`` := the decoded ``paths[i]``. Pillow decodes and resizes outside the GIL, so threads,
     one per core, share the work, ``BLOCK`` images at a time; the first error stops them all."""
-    from ..engine.plan import available_cores  # here: the engine package imports this one
 
     def fill(rows: range) -> int:
         for row in rows:

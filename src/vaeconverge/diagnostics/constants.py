@@ -7,6 +7,10 @@
 - R, the coordinate-wise bound on stochastic gradients that the Adam/Adagrad bounds assume, as a high
   quantile of the infinity norm of minibatch gradients.
 
+``fixed_noise_loss`` and ``example_gradient_draws`` are what a VAE ensemble plugs into the measured-run core
+(``engine/recorder.py``); BBVI and the ConvergenceMonitor plug in their own, and the estimators of L
+(:func:`hvp_power_iteration`) and of the noise (:func:`noise_from_gradients`) are shared.
+
 Every estimate works on a snapshot of the trainable parameters through ``torch.func.functional_call``: the
 model is never modified and its parameters' ``.grad`` fields are left untouched.
 """
@@ -123,20 +127,18 @@ def hvp_power_iteration(
     return abs(rayleigh)
 
 
-def smoothness(
+def fixed_noise_loss(
     model: VAE,
     objective: Objective,
     x: Tensor,
     generator: torch.Generator,
     max_examples: int = 512,
-    iters: int = 100,
-) -> float:
-    """L at the model's current parameters: the top |eigenvalue| of the Hessian of -(1/n) sum_i objective(x_i).
+) -> tuple[Callable[[Params], Tensor], Params]:
+    """-(1/n) sum_i objective(x_i) as a function of the model's trainable parameters, with its Monte Carlo noise
+    drawn once and held fixed (so that its Hessian is that of one smooth function), and those parameters.
 
-    Deterministic given ``generator``: it draws, in order, the subset (``randperm``, only when ``x`` has more
-    than ``max_examples`` rows), the Monte Carlo noise ``draw_noise(objective.samples, n, latent_dim,
-    generator, x.dtype)`` which is then held fixed, so that the Hessian is that of one smooth function, and
-    the power iteration's start vector.
+    Draws from ``generator``, in order: the subset (``randperm``, only when ``x`` has more than ``max_examples``
+    rows), then the noise ``draw_noise(objective.samples, n, latent_dim, generator, x.dtype)``.
     """
     x = as_float(_subset(x, max_examples, generator))
     eps = draw_noise(objective.samples, len(x), model.latent_dim, generator, x.dtype).to(x.device)
@@ -146,6 +148,20 @@ def smoothness(
     def loss(p: Params) -> Tensor:
         return -functional_call(wrapper, (p, fixed), (x, eps)).mean()
 
+    return loss, params
+
+
+def smoothness(
+    model: VAE,
+    objective: Objective,
+    x: Tensor,
+    generator: torch.Generator,
+    max_examples: int = 512,
+    iters: int = 100,
+) -> float:
+    """L at the model's current parameters: the top |eigenvalue| of the Hessian of :func:`fixed_noise_loss`,
+    whose draws come first from ``generator``, then the power iteration's start vector."""
+    loss, params = fixed_noise_loss(model, objective, x, generator, max_examples)
     return hvp_power_iteration(loss, params, iters=iters, generator=generator)
 
 
@@ -235,36 +251,47 @@ def gradient_noise(
     """sigma_x^2, sigma_eps^2 and R at the model's current parameters, from two noise draws per example.
 
     On a random subset of at most ``max_examples`` examples, :func:`per_example_gradients` with two draws and
-    :func:`decompose_variance` give sigma_x^2 and the Monte Carlo variance of one draw of the objective's
-    K-sample gradient, which is sigma_eps^2 / K: hence sigma_eps^2 = K x (that variance), so that
-    sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K). R is the stochastic gradients' coordinate-wise bound
-    that the Adam/Adagrad bounds assume, estimated as the ``quantile`` of ||g_B||_inf over 200 minibatch
-    gradients g_B, each the mean of the first-draw gradients of min(batch_size, n) examples drawn without
-    replacement (from generator).
+    :func:`noise_from_gradients` (which see).
     """
-    x = as_float(_subset(x, max_examples, generator))
-    grads = per_example_gradients(model, objective, x, draws=2, generator=generator)
+    grads = example_gradient_draws(model, objective, x, generator, max_examples)
     return noise_from_gradients(grads, batch_size, objective.samples, generator, quantile)
 
 
+def example_gradient_draws(model: VAE, objective: Objective, x: Tensor, generator: torch.Generator,
+                           max_examples: int = 256) -> Tensor:
+    """Per-example gradients under two noise draws, (n, 2, P), on a random subset of at most ``max_examples``
+    examples (drawn first from ``generator``)."""
+    x = as_float(_subset(x, max_examples, generator))
+    return per_example_gradients(model, objective, x, draws=2, generator=generator)
+
+
 def noise_from_gradients(grads: Tensor, batch_size: int, samples: int, generator: torch.Generator,
-                         quantile: float = 0.99) -> GradientNoise:
-    """sigma_x^2, sigma_eps^2 and R (as :func:`gradient_noise` defines them) from per-example gradients ``grads``
-    of shape (n, draws, P) under ``samples`` Monte Carlo samples each: the part that does not depend on where
-    the gradients came from (a VAE's objective, or any per-example loss)."""
+                         quantile: float = 0.99, examples_per_row: int = 1) -> GradientNoise:
+    """sigma_x^2, sigma_eps^2 and R from gradients ``grads`` of shape (rows, draws, P): row r holds independent
+    Monte Carlo draws of the gradient of one unit of ``examples_per_row`` examples (1: per-example gradients of
+    a VAE; B: a BBVI minibatch, whose examples share one draw of the noise), each with ``samples`` samples.
+
+    :func:`decompose_variance` splits the variance of one draw into its between-unit and Monte Carlo parts,
+    which give sigma_x^2 = ``examples_per_row`` x (between) and sigma_eps^2 = ``examples_per_row`` x ``samples`` x
+    (Monte Carlo), so that sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K). R, the stochastic gradients'
+    coordinate-wise bound that the Adam/Adagrad bounds assume, is the ``quantile`` of ||g_B||_inf over 200
+    minibatch gradients g_B, each the mean of the first-draw gradients of batch_size / examples_per_row units
+    drawn without replacement (from generator).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-    sigma2_x, mc_per_draw = decompose_variance(grads)
+    between, mc_per_draw = decompose_variance(grads)
     n = len(grads)
-    batch = min(batch_size, n)
+    batch = min(max(batch_size // examples_per_row, 1), n)
     n_batches = 200
-    # Row r of `select` averages a uniformly random subset of `batch` examples: ranks of i.i.d. uniforms.
+    # Row r of `select` averages a uniformly random subset of `batch` units: ranks of i.i.d. uniforms.
     chosen = torch.rand(n_batches, n, generator=generator, device=generator.device).argsort(dim=1)[:, :batch]
     select = torch.zeros(n_batches, n, dtype=grads.dtype, device=generator.device)
     select.scatter_(1, chosen, 1.0 / batch)
     minibatch = select.to(grads.device) @ grads[:, 0]
     sup_norms = minibatch.abs().amax(dim=1)
     R = torch.quantile(sup_norms.double(), quantile).item()
-    return GradientNoise(sigma2_x=sigma2_x, sigma2_eps=samples * mc_per_draw, R=R)
+    return GradientNoise(sigma2_x=examples_per_row * between,
+                         sigma2_eps=examples_per_row * samples * mc_per_draw, R=R)

@@ -4,7 +4,6 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model, save_check
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble
 from .loop import TrainingDiverged
 from .outputs import write_run
-from .plan import flush_denormals
 from .train import TrainResult, train
 
 __all__ = [
@@ -14,7 +13,6 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "VectorisedEnsemble",
-    "flush_denormals",
     "load_checkpoint",
     "load_model",
     "save_checkpoint",

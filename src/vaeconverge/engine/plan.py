@@ -13,29 +13,23 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
   T >= 2 small (vectorised) replicas use every core, the threads sharing out whole replicas' products
   (checked bit for bit against one thread on the digits MLP, ELBO and IWAE); large replicas use every core
   whatever T.
-- Denormals. Arithmetic on denormal floats (below 1.2e-38 in float32) takes a slow path on x86, and training
-  makes them: Adam's first moment of a weight whose gradient is exactly zero, as behind a dead ReLU unit, shrinks
-  by beta1 each step and enters that range after about 700 steps. Flushing them to zero kept the Adam step of 8
-  digits MLPs at 0.7 ms where it grew to 4.3 ms (benchmarks/seeds_vs_naive.py); only numbers in that range
-  change, to zero.
+
+The README's performance section has the measurements behind :data:`LOOP_FLOPS`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..runtime import available_cores
+
 # Floating-point operations of one replica's training step (forward and backward) from which replicas are
-# looped rather than vectorised, and use every core. On the 2-core reference machine a 784-512-16 MLP at
-# B = 256 (1.3 GFLOP) stepped in 8.3 ms looped and 9.3 ms vectorised (measured under vmap, the former
-# stacked evaluation); 8 digits MLPs at B = 64 (0.04 GFLOP each) in about 5 ms stacked against 11.3 ms looped.
+# looped rather than vectorised, and use every core: between a digits MLP (0.04 GFLOP) and a 784-512-16 MLP at
+# B = 256 (1.3 GFLOP), where looping became the faster layout on the 2-core reference machine.
 LOOP_FLOPS = 1e9
 
 
@@ -55,11 +49,6 @@ def step_flops(forward: Callable[..., torch.Tensor], *args: torch.Tensor) -> int
     return 3 * counter.get_total_flops()
 
 
-def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def plan(replica_flops: float, replicas: int, requested_threads: int | None = None, loop: bool = False) -> Plan:
     """The layout and thread count for ``replicas`` replicas whose steps cost ``replica_flops`` each.
     ``requested_threads`` overrides the thread count; ``loop`` forces the looped layout (for optimizers that
@@ -69,65 +58,3 @@ def plan(replica_flops: float, replicas: int, requested_threads: int | None = No
     return Plan(small and not loop, threads if requested_threads is None else requested_threads)
 
 
-@contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(count)``, restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-# The signature of the body of an OpenMP parallel region, as GNU OpenMP's GOMP_parallel takes it.
-_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-@cache
-def _gomp_parallel() -> Callable[..., None] | None:
-    """GNU OpenMP's entry point for a parallel region, where torch's intra-op threads are GNU OpenMP's (the
-    Linux wheels); None elsewhere."""
-    try:
-        parallel = ctypes.CDLL(None).GOMP_parallel
-    except (AttributeError, OSError, TypeError):  # not loaded, or no process-wide symbol table (Windows)
-        return None
-    parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-    parallel.restype = None
-    return parallel
-
-
-def _set_flush_denormal_everywhere(on: bool) -> None:
-    """``torch.set_flush_denormal(on)`` on the calling thread and on each of its intra-op threads.
-
-    The flush-to-zero bits live in each thread's floating-point control register, so torch's call sets only the
-    thread that makes it; OpenMP threads inherit them only when created afterwards, and the pool usually exists
-    by then. With GNU OpenMP the call is run once on every thread of a team the size of the pool; elsewhere
-    only the calling thread is set.
-    """
-    torch.set_flush_denormal(on)
-    parallel, threads = _gomp_parallel(), torch.get_num_threads()
-    if parallel is not None and threads > 1:
-        parallel(_TEAM_BODY(lambda _: torch.set_flush_denormal(on)), None, threads, 0)
-
-
-def flushes_denormals() -> bool:
-    """Whether the calling thread flushes denormal floats to zero."""
-    return torch.tensor(torch.finfo(torch.float32).tiny / 2).mul(1.0).item() == 0.0
-
-
-@contextmanager
-def flush_denormals(enabled: bool = True) -> Iterator[None]:
-    """Run the block with denormal floats flushed to zero on every intra-op thread (see the module's
-    docstring), and with IEEE arithmetic again afterwards if the calling thread had it; ``enabled=False`` changes
-    nothing. Enter it inside :func:`intra_op_threads`, so that it reaches the threads the block uses."""
-    if not enabled:
-        yield
-        return
-    before = flushes_denormals()
-    _set_flush_denormal_everywhere(True)
-    try:
-        yield
-    finally:
-        if not before:
-            _set_flush_denormal_everywhere(False)

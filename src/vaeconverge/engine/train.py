@@ -28,17 +28,16 @@ from ..optim import build_optimizer, build_schedule
 from ..theory.assessment import Constants, assess_run
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import checkpoint_rows, run_steps
-from .plan import Plan, flush_denormals, intra_op_threads, plan, step_flops
+from ..runtime import flush_denormals, intra_op_threads
+from .plan import Plan, plan, step_flops
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
 # often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
 DIAGNOSTICS_SEED_OFFSET = 0x5EED
 
 
-
 # The default number of checkpoints: a full-data gradient costs up to about as much per example as a training
-# step (0.5x for 8 vectorised digits MLPs; 0.75x hot and more in a run for the compute-bound 784-512-16 MLP,
-# benchmarks/diagnostics_overhead.py), so the checkpoints' full-data passes may see at most this fraction of
+# step (README, performance), so the checkpoints' full-data passes may see at most this fraction of
 # the examples the training sees, within [CHECKPOINTS_MIN, CHECKPOINTS_MAX].
 CHECKPOINT_BUDGET = 0.05
 CHECKPOINTS_MIN, CHECKPOINTS_MAX = 6, 40

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from ..bbvi.config import BBVIConfig
-from ..engine.plan import available_cores
+from ..runtime import available_cores
 from .grid import Config
 from .store import Outcome
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 
 from ..config import ConfigError
-from ..engine.plan import available_cores
+from ..runtime import available_cores
 from .executors import Task, _outcome, execute, run_bounded
 from .store import Outcome
 

@@ -1,0 +1,88 @@
+"""Where the arithmetic runs: the cores this process may use, intra-op threads, and denormal floats.
+
+The lowest floor of the package: the engine, the data loaders and the commands all ask it, and it asks nobody.
+
+Denormals. Arithmetic on denormal floats (below 1.2e-38 in float32) takes a slow path on x86, and training
+makes them: Adam's first moment of a weight whose gradient is exactly zero, as behind a dead ReLU unit, shrinks
+by beta1 each step and enters that range after about 700 steps. Flushing them to zero changes only numbers in
+that range, to zero (the README's performance section has the measurements).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+
+import torch
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# The signature of the body of an OpenMP parallel region, as GNU OpenMP's GOMP_parallel takes it.
+_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+@cache
+def _gomp_parallel() -> Callable[..., None] | None:
+    """GNU OpenMP's entry point for a parallel region, where torch's intra-op threads are GNU OpenMP's (the
+    Linux wheels); None elsewhere."""
+    try:
+        parallel = ctypes.CDLL(None).GOMP_parallel
+    except (AttributeError, OSError, TypeError):  # not loaded, or no process-wide symbol table (Windows)
+        return None
+    parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    return parallel
+
+
+def _set_flush_denormal_everywhere(on: bool) -> None:
+    """``torch.set_flush_denormal(on)`` on the calling thread and on each of its intra-op threads.
+
+    The flush-to-zero bits live in each thread's floating-point control register, so torch's call sets only the
+    thread that makes it; OpenMP threads inherit them only when created afterwards, and the pool usually exists
+    by then. With GNU OpenMP the call is run once on every thread of a team the size of the pool; elsewhere
+    only the calling thread is set.
+    """
+    torch.set_flush_denormal(on)
+    parallel, threads = _gomp_parallel(), torch.get_num_threads()
+    if parallel is not None and threads > 1:
+        parallel(_TEAM_BODY(lambda _: torch.set_flush_denormal(on)), None, threads, 0)
+
+
+def flushes_denormals() -> bool:
+    """Whether the calling thread flushes denormal floats to zero."""
+    return torch.tensor(torch.finfo(torch.float32).tiny / 2).mul(1.0).item() == 0.0
+
+
+@contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Run the block with denormal floats flushed to zero on every intra-op thread (see the module's
+    docstring), and with IEEE arithmetic again afterwards if the calling thread had it; ``enabled=False`` changes
+    nothing. Enter it inside :func:`intra_op_threads`, so that it reaches the threads the block uses."""
+    if not enabled:
+        yield
+        return
+    before = flushes_denormals()
+    _set_flush_denormal_everywhere(True)
+    try:
+        yield
+    finally:
+        if not before:
+            _set_flush_denormal_everywhere(False)
