@@ -15,7 +15,7 @@ from torch.func import jacrev
 from vaeconverge.bbvi import BBVIConfig, FullRank, build_family, build_target, elbo, iwae, log_weights, train
 from vaeconverge.bbvi.targets import DTYPE, linear_regression
 from vaeconverge.cli import main
-from vaeconverge.engine.loop import METRIC_COLUMNS
+from vaeconverge.engine.recorder import METRIC_COLUMNS
 
 OUTPUT_FILES = {"metrics.csv", "bands.csv", "summary.json", "convergence.png", "checkpoint.pt"}
 

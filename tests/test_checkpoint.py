@@ -7,9 +7,10 @@ import torch
 
 from vaeconverge.config import RunConfig, SyntheticConfig
 from vaeconverge.data import load_dataset
-from vaeconverge.engine import CheckpointError, load_checkpoint, load_model, train, write_run
+from vaeconverge.engine import CheckpointError, load_checkpoint, load_model, train
 from vaeconverge.engine.checkpoint import atomic_write
 from vaeconverge.models import build_vae
+from vaeconverge.report.run_folder import write_run
 
 TINY_DATA = SyntheticConfig(n_samples=120, data_dim=5, latent_dim=2, noise_std=0.5, seed=1)
 CONFIGS = {

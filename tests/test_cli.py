@@ -14,7 +14,7 @@ import pytest
 from vaeconverge.cli import main
 from vaeconverge.config import RunConfig
 from vaeconverge.engine import load_checkpoint
-from vaeconverge.engine.loop import METRIC_COLUMNS
+from vaeconverge.engine.recorder import METRIC_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OUTPUT_FILES = {"metrics.csv", "bands.csv", "summary.json", "convergence.png", "checkpoint.pt"}

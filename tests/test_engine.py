@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from vaeconverge import runtime
 from vaeconverge.config import ConfigError, RunConfig
 from vaeconverge.data import load_dataset
-from vaeconverge import runtime
 from vaeconverge.engine import train
-from vaeconverge.engine.train import default_eval_points, evaluation_steps
+from vaeconverge.engine.recorder import default_eval_points, evaluation_steps
 
 LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "amsgrad": 3e-3, "rmsprop": 1e-3, "adagrad": 3e-2}
 

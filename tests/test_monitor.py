@@ -19,7 +19,7 @@ from vaeconverge import ConfigError, ConvergenceMonitor, RunConfig
 from vaeconverge.config import OPTIMIZERS
 from vaeconverge.data import PermutationBatches, load_dataset
 from vaeconverge.engine import train
-from vaeconverge.engine.loop import METRIC_COLUMNS
+from vaeconverge.engine.recorder import METRIC_COLUMNS
 from vaeconverge.models import build_vae
 from vaeconverge.monitor import optimizer_name
 from vaeconverge.objectives import build_objective, draw_noise

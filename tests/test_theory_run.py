@@ -15,9 +15,10 @@ from vaeconverge.config import RunConfig, SyntheticConfig
 from vaeconverge.data import load_dataset
 from vaeconverge.diagnostics import fit_rate, random_iterate, slope_interval, smoothness
 from vaeconverge.diagnostics.random_iterate import checkpoint_weights, weighted_mean_curve
-from vaeconverge.engine import train, write_run
+from vaeconverge.engine import train
 from vaeconverge.models import build_vae
 from vaeconverge.objectives import build_objective
+from vaeconverge.report.run_folder import write_run
 
 
 def test_checkpoint_weights_sum_step_sizes_over_nearest_iterates() -> None:

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .theory.run import AssessedRun
+
 MODELS = ("linear", "mlp", "conv32", "conv64")
 ACTIVATIONS = ("relu", "softclip")
 LIKELIHOODS = ("gaussian", "bernoulli")
@@ -77,10 +79,10 @@ class RunConfig:
     seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
     clip_grad_norm: float | None = None  # clip each replica's gradient to this Euclidean norm
     threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/plan.py)
-    denormals: str = "flush"  # one of DENORMALS (engine/plan.py)
+    denormals: str = "flush"  # one of DENORMALS (runtime.py)
     # diagnostics
-    eval_every: int | None = None  # None: ``eval_points`` checkpoints (see engine.train.evaluation_steps)
-    eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.train)
+    eval_every: int | None = None  # None: ``eval_points`` checkpoints (see engine.recorder.evaluation_steps)
+    eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.recorder)
     eval_samples: int = 1
     constants: bool = True  # estimate L, sigma^2, R at the start, middle and end of the run
 
@@ -162,6 +164,23 @@ class RunConfig:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+    def assessed(self) -> AssessedRun:
+        """What the theory reads of this run."""
+        linear = self.model == "linear"
+        return AssessedRun(
+            optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
+            momentum=self.momentum, betas=self.adam_betas, schedule=self.schedule,
+            schedule_power=self.schedule_power, batch_size=self.batch_size, samples=self.samples,
+            layers=self.layers, objective=self.objective, activation="none" if linear else self.activation,
+            smooth=linear or self.activation == "softclip",
+            seed=self.seed,
+        )
+
+
+def bound_family(optimizer: str) -> str | None:
+    """The recursion a convergence theorem of this package covers for ``optimizer`` (None: none)."""
+    return {"sgd": "sgd", "adam": "adam", "amsgrad": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}.get(optimizer)
 
 
 def check_seeds(seeds: tuple[int, ...], optimizer: str) -> None:

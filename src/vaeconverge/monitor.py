@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.hooks import RemovableHandle
 
-from .config import ConfigError, RunConfig
-from .diagnostics import GradientNormTracker, hvp_power_iteration, noise_from_gradients, summed_gradient
-from .engine.loop import METRIC_COLUMNS
-from .engine.outputs import write_measurements
-from .engine.train import (
-    DIAGNOSTICS_SEED_OFFSET,
-    Probe,
-    constants_from_probes,
-    default_eval_points,
-    evaluation_steps,
-)
-from .theory.assessment import assess_run
+from .config import ConfigError, bound_family
+from .diagnostics import summed_gradient
+from .engine.recorder import Recorder, Subject, diagnostics_seed
+from .report.run_folder import write_measurements
+from .theory.run import AssessedRun
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -90,6 +82,146 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     return type(optimizer).__name__.lower()
 
 
+class _UserLoop(Subject):
+    """A user's model, per-example loss and data as the recorder measures them: full-data passes under the
+    monitor's own seed, and torch.func per-example gradients, all isolated from the user's RNG, ``.grad`` and
+    buffers."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Tensor | Iterable[Any], batch_size: int,
+                 samples: int, eval_samples: int, seed: int, chunk_size: int) -> None:
+        self.model, self.loss_fn, self.data = model, loss_fn, data
+        self.seeds, self.batch_size, self.samples = (seed,), batch_size, samples
+        self.eval_samples, self.chunk_size = eval_samples, chunk_size
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("model", "has no trainable parameters")
+        self.parameters = sum(p.numel() for p in self.params)
+        self._module = _LossModule(model, loss_fn)
+        self._names = [f"model.{name}" for name, p in model.named_parameters() if p.requires_grad]
+        self.n_examples = self.dim = 0
+
+    def measure(self) -> list[dict[str, float]]:
+        """The full objective and its gradient's squared norm: ``eval_samples`` passes over the data, the
+        objective being the mean of every loss seen (also sets ``n_examples`` and ``dim``)."""
+        counts: list[int] = []
+        dims: list[int] = []
+        seed = diagnostics_seed(self.seeds[0])
+
+        def losses() -> Iterator[Tensor]:
+            for draw in range(self.eval_samples):
+                batches = self._batches()
+                if draw == 0:  # after a DataLoader's iterator drew its base seed: the same noise as over a tensor
+                    torch.manual_seed(seed)
+                for batch in batches:
+                    values = self._losses(batch)
+                    counts.append(len(values))
+                    if not dims:
+                        first = batch if isinstance(batch, Tensor) else _first_tensor(batch)
+                        dims.append(first[0].numel())
+                    yield values.sum()
+
+        with self._isolated(seed):
+            value, total = summed_gradient(self.params, losses())
+        count = sum(counts)
+        self.n_examples, self.dim = count // self.eval_samples, dims[0]
+        grad_sq_norm = torch.nn.utils.get_total_norm(total).square().item() / count**2
+        return [{"objective": value.item() / count, "grad_sq_norm": grad_sq_norm, "log_likelihood": math.nan}]
+
+    @contextlib.contextmanager
+    def probing(self, t: int, seed: int) -> Iterator[None]:
+        with self._isolated(seed):
+            try:
+                yield
+            except RuntimeError as exc:  # e.g. BatchNorm in training mode mutates its statistics under torch.func
+                raise ConfigError("constants", f"the constants need a loss that torch.func can transform (grad, "
+                                  f"jvp, vmap), which this one is not ({exc}); pass constants=False") from exc
+
+    def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
+                         ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor]]:
+        batch = self._probe_batch(SMOOTHNESS_EXAMPLES, generator)
+
+        def loss(p: dict[str, Tensor]) -> Tensor:
+            torch.manual_seed(seed)  # the same noise at every evaluation: the Hessian of one function
+            return functional_call(self._module, p, (batch,)).mean()
+
+        return loss, self._snapshot()
+
+    def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> Tensor:
+        """Per-example loss gradients under two independent noise draws, shape (n, 2, P), by ``torch.func.vmap``
+        over examples of ``torch.func.grad`` (each example its own noise)."""
+        batch = self._probe_batch(NOISE_EXAMPLES, generator)
+
+        def example_loss(p: dict[str, Tensor], example: Any) -> Tensor:
+            return functional_call(self._module, p, (_map_tensors(lambda t: t.unsqueeze(0), example),)).sum()
+
+        per_example = vmap(grad(example_loss), in_dims=(None, 0), randomness="different")
+        draws = []
+        for draw in range(2):
+            torch.manual_seed(seed + draw)
+            grads = per_example(self._snapshot(), batch)
+            draws.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1))
+        return torch.stack(draws, dim=1)
+
+    def weights(self, t: int) -> list[Tensor]:
+        return self.params
+
+    def _snapshot(self) -> dict[str, Tensor]:
+        return {name: p.detach() for name, p in zip(self._names, self.params, strict=True)}
+
+    def _batches(self) -> Iterator[Any]:
+        """The data once: chunks of a tensor, or the batches of a DataLoader as it yields them."""
+        return iter(self.data.split(self.chunk_size) if isinstance(self.data, Tensor) else self.data)
+
+    @contextlib.contextmanager
+    def _isolated(self, seed: int) -> Iterator[None]:
+        """Run the block with torch's global RNG seeded by ``seed``, the parameters' ``.grad`` set aside, and
+        every RNG state (global, the data's own generators) and buffer it may touch restored afterwards."""
+        grads = [p.grad for p in self.params]
+        buffers = [b.clone() for b in self.model.buffers()]
+        generators = [g for g in (getattr(self.data, "generator", None),
+                                  getattr(getattr(self.data, "sampler", None), "generator", None))
+                      if isinstance(g, torch.Generator)]
+        states = [g.get_state() for g in generators]
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        try:
+            for p in self.params:
+                p.grad = None
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                yield
+        finally:
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = g
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+            for g, state in zip(generators, states, strict=True):
+                g.set_state(state)
+
+    def _losses(self, batch: Any) -> Tensor:
+        losses = self.loss_fn(self.model, batch)
+        if not isinstance(losses, Tensor) or losses.dim() != 1:
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise ConfigError("loss_fn", f"must return one loss per example, a tensor of shape (B,); got {shape}")
+        return losses
+
+    def _probe_batch(self, examples: int, generator: torch.Generator) -> Any:
+        """At most ``examples`` examples as one batch: a random subset of a tensor, or the first batches of a
+        DataLoader (in its own order)."""
+        if isinstance(self.data, Tensor):
+            if len(self.data) <= examples:
+                return self.data
+            return self.data[torch.randperm(len(self.data), generator=generator)[:examples].to(self.data.device)]
+        taken: list[Any] = []
+        count = 0
+        for batch in self.data:
+            taken.append(batch)
+            count += len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+            if count >= examples:
+                break
+        return _map_tensors(lambda *leaves: torch.cat(leaves)[:examples], *taken)
+
+
 class ConvergenceMonitor:
     """Full-objective gradient norms at checkpoints of a user's training loop, and the theory's verdict on them.
 
@@ -133,34 +265,35 @@ class ConvergenceMonitor:
             batch_size = batch_size or getattr(data, "batch_size", None)
         if batch_size is None:
             raise ConfigError("batch_size", "give the training batch size (a DataLoader would tell it)")
+        self._start = time.perf_counter()
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.steps, self.batch_size, self.samples = steps, batch_size, samples
         self.eval_samples, self.seed, self.chunk_size = eval_samples, seed, chunk_size
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ConfigError("model", "has no trainable parameters")
-        self._module = _LossModule(model, loss_fn)
-        self._names = [f"model.{name}" for name, p in model.named_parameters() if p.requires_grad]
-        self.metrics: list[dict[str, float]] = []
+        self._subject = _UserLoop(model, loss_fn, data, batch_size, samples, eval_samples, seed, chunk_size)
+        self.params = self._subject.params
         self.iteration = 0
-        self.seconds_in_monitor = 0.0
         self._lrs: list[float] = []
         self._optimizer: torch.optim.Optimizer | None = None
         self._hook: RemovableHandle | None = None
-        self._probes: list[Probe] = []
-        self._start = time.perf_counter()
 
-        objective, grad_sq_norm, self.n_examples, self._dim = self._full_gradient()
+        first = self._subject.measure()
+        self.n_examples = self._subject.n_examples
         self.batches_per_epoch = max(self.n_examples // batch_size, 1)  # as train's epochs: floor(N / B) steps
-        points = eval_points or default_eval_points(steps, batch_size, self.n_examples, eval_samples)
-        self.checkpoints = evaluation_steps(steps, eval_every, points)
-        self.probe_steps = {0, steps // 2, steps} if constants else set()
-        self._tracker = GradientNormTracker(1, self.n_examples, sum(p.numel() for p in self.params), batch_size,
-                                            device=self.params[0].device)
+        self._recorder = Recorder(self._subject, steps, self.n_examples, eval_every=eval_every,
+                                  eval_points=eval_points, eval_samples=eval_samples, constants=constants,
+                                  strict=False, device=self.params[0].device)
+        self._recorder.start = self._start
+        self.checkpoints = self._recorder.checkpoints
+        self.probe_steps = self._recorder.probe_steps
         if optimizer is not None:
             self.attach(optimizer)
-        self._add_row(objective, grad_sq_norm)
+        self._record(first)
         self.seconds_in_monitor = time.perf_counter() - self._start
+
+    @property
+    def metrics(self) -> list[dict[str, float]]:
+        """One row per checkpoint, the columns of ``train``'s metrics.csv."""
+        return self._recorder.metrics
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -182,15 +315,15 @@ class ConvergenceMonitor:
         start = time.perf_counter()
         grads = [p.grad for p in self.params if p.grad is not None]
         if grads:
-            self._tracker.observe(torch.nn.utils.get_total_norm(grads).square().reshape(1))
+            self._recorder.observe(torch.nn.utils.get_total_norm(grads).square().reshape(1))
         self._lrs.append(float(optimizer.param_groups[0]["lr"]))
         if math.isnan(self.metrics[0]["lr"]):
             self.metrics[0]["lr"] = self._lrs[0]
         self.iteration += 1
         if self.iteration % self.batches_per_epoch == 0:
-            self._tracker.end_epoch()
+            self._recorder.end_epoch()
         if self.iteration in self.checkpoints:
-            self._add_row(*self._full_gradient()[:2])
+            self._record()
         self.seconds_in_monitor += time.perf_counter() - start
 
     # ---------------------------------------------------------------------------------------- the results
@@ -200,44 +333,26 @@ class ConvergenceMonitor:
         iterate first if it is not a checkpoint yet."""
         if self.metrics[-1]["step"] != self.iteration:
             start = time.perf_counter()
-            self._add_row(*self._full_gradient()[:2])
+            self._record()
             self.seconds_in_monitor += time.perf_counter() - start
+        summary = self._recorder.summary(
+            self.assessed(), config=self._config(), interrupted=self.iteration < self.steps,
+            data={"name": type(self.data).__name__, "n": self.n_examples, "dim": self._subject.dim},
+            batches_per_epoch=self.batches_per_epoch,
+            gammas=np.array([*self._lrs, self._group().get("lr", self._first_lr())]),  # the last: after iterate n
+        )
+        return summary.with_extras(monitor_seconds=self.seconds_in_monitor).to_dict()
+
+    def assessed(self) -> AssessedRun:
+        """What the theory reads of this run: the optimizer in use and its hyperparameters, the measured B and
+        K, and the model's layers (its modules with a weight matrix)."""
         name = optimizer_name(self._optimizer) if self._optimizer is not None else "none"
-        group = self._optimizer.param_groups[0] if self._optimizer is not None else {}
-        betas = tuple(group.get("betas", (0.9, 0.999)))
-        lr = self._lrs[0] if self._lrs else float(group.get("lr", math.nan))
+        group = self._group()
         layers = sum(1 for m in self.model.modules() if getattr(m, "weight", None) is not None
                      and m.weight.dim() >= 2)
-        # what the assessment reads of a run's configuration; paper_shape counts layers as depth + 1
-        assessed = RunConfig(optimizer=name, lr=lr, momentum=float(group.get("momentum", 0.0)),
-                             adam_betas=betas, batch_size=self.batch_size, samples=self.samples, seed=self.seed,
-                             depth=max(layers - 1, 0))
-        gammas = np.array([*self._lrs, float(group.get("lr", lr))])  # the last: the step after iterate n
-        d = sum(p.numel() for p in self.params)
-        constants = None
-        if self._probes:
-            best = min(row["objective"] for row in self.metrics)
-            constants = constants_from_probes(self._probes, self.metrics[0]["objective"], best,
-                                              "lowest objective measured", d, self.batch_size, self.samples)
-        summary: dict[str, Any] = {
-            "config": {"model": type(self.model).__name__,
-                       "objective": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
-                       "samples": self.samples, "optimizer": name, "lr": lr, "momentum": assessed.momentum,
-                       "adam_betas": list(betas), "batch_size": self.batch_size, "steps": self.steps,
-                       "eval_samples": self.eval_samples, "checkpoints": len(self.checkpoints),
-                       "seed": self.seed},
-            "seeds": [self.seed],
-            "steps": self.iteration,
-            "seconds": time.perf_counter() - self._start,
-            "monitor_seconds": self.seconds_in_monitor,
-            "interrupted": self.iteration < self.steps,
-            "data": {"name": type(self.data).__name__, "n": self.n_examples, "dim": self._dim},
-            "parameters": d,
-            "torch": torch.__version__,
-            "constants": None if constants is None else constants.to_dict(),
-        }
-        summary.update(assess_run(assessed, self.metrics, constants, self.batches_per_epoch, gammas))
-        return summary
+        return AssessedRun(optimizer=name, bound_family=bound_family(name), lr=self._first_lr(),
+                           momentum=float(group.get("momentum", 0.0)), betas=tuple(group.get("betas", (0.9, 0.999))),
+                           batch_size=self.batch_size, samples=self.samples, layers=max(layers, 1), seed=self.seed)
 
     def write(self, out_dir: str | Path, tensorboard: str | Path | None = None) -> Path:
         """Write metrics.csv, bands.csv, summary.json and convergence.png into ``out_dir`` (as ``train`` does),
@@ -252,141 +367,29 @@ class ConvergenceMonitor:
             write_scalars(tensorboard, self.metrics)
         return out
 
-    # ------------------------------------------------------------------------------------- the evaluations
+    # ------------------------------------------------------------------------------------------- helpers
 
-    def _add_row(self, objective: float, grad_sq_norm: float) -> None:
+    def _record(self, measured: list[dict[str, float]] | None = None) -> None:
         step = self.iteration
-        if not math.isfinite(objective):
-            warnings.warn(f"ConvergenceMonitor: the full objective is not finite at step {step}", stacklevel=3)
-        elif step in self.probe_steps:
-            self._probe()
-        (window,), (proxy,) = self._tracker.read_window(), self._tracker.paper_proxy
-        row = {"seed": self.seed, "step": step, "epoch": (step - 1) // self.batches_per_epoch if step else 0,
-               "lr": self._lrs[-1] if self._lrs else self._initial_lr(), "objective": objective,
-               "grad_sq_norm": grad_sq_norm, "batch_grad_sq_norm": window, "paper_proxy": proxy,
-               "log_likelihood": math.nan, "random_iterate": math.nan, "bound": math.nan,
-               "seconds": time.perf_counter() - self._start}
-        self.metrics.append({key: row[key] for key in METRIC_COLUMNS})
+        lr = self._lrs[-1] if self._lrs else self._initial_lr()
+        self._recorder.record(step, lr, (step - 1) // self.batches_per_epoch if step else 0, measured)
+
+    def _group(self) -> dict[str, Any]:
+        return self._optimizer.param_groups[0] if self._optimizer is not None else {}
+
+    def _first_lr(self) -> float:
+        return self._lrs[0] if self._lrs else float(self._group().get("lr", math.nan))
 
     def _initial_lr(self) -> float:
         return float(self._optimizer.param_groups[0]["lr"]) if self._optimizer is not None else math.nan
 
-    def _batches(self) -> Iterator[Any]:
-        """The data once: chunks of a tensor, or the batches of a DataLoader as it yields them."""
-        return iter(self.data.split(self.chunk_size) if isinstance(self.data, Tensor) else self.data)
-
-    @contextlib.contextmanager
-    def _isolated(self, seed: int) -> Iterator[None]:
-        """Run the block with torch's global RNG seeded by ``seed``, the parameters' ``.grad`` set aside, and
-        every RNG state (global, the data's own generators) and buffer it may touch restored afterwards."""
-        grads = [p.grad for p in self.params]
-        buffers = [b.clone() for b in self.model.buffers()]
-        generators = [g for g in (getattr(self.data, "generator", None),
-                                  getattr(getattr(self.data, "sampler", None), "generator", None))
-                      if isinstance(g, torch.Generator)]
-        states = [g.get_state() for g in generators]
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        try:
-            for p in self.params:
-                p.grad = None
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                yield
-        finally:
-            for p, g in zip(self.params, grads, strict=True):
-                p.grad = g
-            with torch.no_grad():
-                for b, saved in zip(self.model.buffers(), buffers, strict=True):
-                    b.copy_(saved)
-            for g, state in zip(generators, states, strict=True):
-                g.set_state(state)
-
-    def _losses(self, batch: Any) -> Tensor:
-        losses = self.loss_fn(self.model, batch)
-        if not isinstance(losses, Tensor) or losses.dim() != 1:
-            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ConfigError("loss_fn", f"must return one loss per example, a tensor of shape (B,); got {shape}")
-        return losses
-
-    def _full_gradient(self) -> tuple[float, float, int, int]:
-        """(full objective, its gradient's squared norm, examples N, features per example) at the current
-        parameters: ``eval_samples`` passes over the data, the objective being the mean of every loss seen."""
-        counts: list[int] = []
-        dims: list[int] = []
-
-        seed = self.seed + DIAGNOSTICS_SEED_OFFSET
-
-        def losses() -> Iterator[Tensor]:
-            for draw in range(self.eval_samples):
-                batches = self._batches()
-                if draw == 0:  # after a DataLoader's iterator drew its base seed: the same noise as over a tensor
-                    torch.manual_seed(seed)
-                for batch in batches:
-                    values = self._losses(batch)
-                    counts.append(len(values))
-                    if not dims:
-                        first = batch if isinstance(batch, Tensor) else _first_tensor(batch)
-                        dims.append(first[0].numel())
-                    yield values.sum()
-
-        with self._isolated(seed):
-            value, total = summed_gradient(self.params, losses())
-        count = sum(counts)
-        grad_sq_norm = torch.nn.utils.get_total_norm(total).square().item() / count**2
-        return value.item() / count, grad_sq_norm, count // self.eval_samples, dims[0]
-
-    def _probe_batch(self, examples: int, generator: torch.Generator) -> Any:
-        """At most ``examples`` examples as one batch: a random subset of a tensor, or the first batches of a
-        DataLoader (in its own order)."""
-        if isinstance(self.data, Tensor):
-            if len(self.data) <= examples:
-                return self.data
-            return self.data[torch.randperm(len(self.data), generator=generator)[:examples].to(self.data.device)]
-        taken: list[Any] = []
-        count = 0
-        for batch in self.data:
-            taken.append(batch)
-            count += len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
-            if count >= examples:
-                break
-        return _map_tensors(lambda *leaves: torch.cat(leaves)[:examples], *taken)
-
-    def _probe(self) -> None:
-        """Smoothness, gradient noise and largest weight at the current parameters (see ``diagnostics``)."""
-        seed = self.seed + DIAGNOSTICS_SEED_OFFSET + 1 + self.iteration
-        generator = torch.Generator().manual_seed(seed)
-        params = {name: p.detach() for name, p in zip(self._names, self.params, strict=True)}
-        with self._isolated(seed):
-            batch = self._probe_batch(SMOOTHNESS_EXAMPLES, generator)
-
-            def loss(p: dict[str, Tensor]) -> Tensor:
-                torch.manual_seed(seed)  # the same noise at every evaluation: the Hessian of one function
-                return functional_call(self._module, p, (batch,)).mean()
-
-            try:
-                L = hvp_power_iteration(loss, params, generator=generator)
-                grads = self._per_example_gradients(params, self._probe_batch(NOISE_EXAMPLES, generator), seed)
-            except RuntimeError as exc:  # e.g. BatchNorm in training mode mutates its statistics under torch.func
-                raise ConfigError("constants", f"the constants need a loss that torch.func can transform (grad, "
-                                  f"jvp, vmap), which this one is not ({exc}); pass constants=False") from exc
-        noise = noise_from_gradients(grads, self.batch_size, self.samples, generator)
-        weight_bound = max(p.detach().abs().max().item() for p in self.params)
-        self._probes.append(Probe(L=L, noise=noise, weight_bound=weight_bound))
-
-    def _per_example_gradients(self, params: dict[str, Tensor], batch: Any, seed: int) -> Tensor:
-        """Per-example loss gradients under two independent noise draws, shape (n, 2, P), by ``torch.func.vmap``
-        over examples of ``torch.func.grad`` (each example its own noise)."""
-
-        def example_loss(p: dict[str, Tensor], example: Any) -> Tensor:
-            return functional_call(self._module, p, (_map_tensors(lambda t: t.unsqueeze(0), example),)).sum()
-
-        per_example = vmap(grad(example_loss), in_dims=(None, 0), randomness="different")
-        draws = []
-        for draw in range(2):
-            torch.manual_seed(seed + draw)
-            grads = per_example(params, batch)
-            draws.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1))
-        return torch.stack(draws, dim=1)
+    def _config(self) -> dict[str, Any]:
+        run = self.assessed()
+        return {"model": type(self.model).__name__,
+                "objective": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+                "samples": self.samples, "optimizer": run.optimizer, "lr": run.lr, "momentum": run.momentum,
+                "adam_betas": list(run.betas), "batch_size": self.batch_size, "steps": self.steps,
+                "eval_samples": self.eval_samples, "checkpoints": len(self.checkpoints), "seed": self.seed}
 
 
 def _first_tensor(batch: Any) -> Tensor:

@@ -18,7 +18,8 @@ def build_optimizer(
     """The stock torch.optim implementation of ``name`` (one of ``config.OPTIMIZERS``).
 
     Where torch has a fused kernel (SGD, Adam, AdamW, Adagrad) it is used: one pass over memory instead of one
-    per operation (see the README's performance section). Its vectorised body and scalar tail round differently, which is why the ensemble aligns each replica's parameters (``ROW_ALIGNMENT``).
+    per operation (see the README's performance section). Its vectorised body and scalar tail round
+    differently, which is why the ensemble aligns each replica's parameters (``ROW_ALIGNMENT``).
     """
     params = list(params)
     if name == "sgd":

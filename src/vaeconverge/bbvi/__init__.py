@@ -5,7 +5,7 @@ from .config import BBVIConfig
 from .families import FAMILIES, Family, FullRank, Gaussian, MeanField, PlanarFlow, build_family
 from .objectives import OBJECTIVES, elbo, iwae, log_weights
 from .targets import BUILTIN_TARGETS, GaussianMixture, LinearRegression, LogisticRegression, Target, build_target
-from .train import BBVIResult, train, write_bbvi_run
+from .train import BBVIResult, train
 
 __all__ = [
     "BUILTIN_TARGETS",
@@ -28,5 +28,4 @@ __all__ = [
     "iwae",
     "log_weights",
     "train",
-    "write_bbvi_run",
 ]

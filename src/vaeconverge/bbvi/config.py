@@ -12,11 +12,13 @@ from ..config import (
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
+    bound_family,
     check_choice,
     check_optimizer_options,
     check_positive,
     check_seeds,
 )
+from ..theory.run import AssessedRun
 from .families import FAMILIES
 from .objectives import OBJECTIVES
 from .targets import BUILTIN_TARGETS, build_target
@@ -44,9 +46,9 @@ class BBVIConfig:
     seed: int = 0
     seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
     threads: int | None = None  # intra-op threads; None: one (BBVI's tensors are small)
-    denormals: str = "flush"  # one of DENORMALS (engine/plan.py)
+    denormals: str = "flush"  # one of DENORMALS (runtime.py)
     eval_every: int | None = None
-    eval_points: int = 20  # checkpoints of the full-objective gradient (see engine.train.evaluation_steps)
+    eval_points: int = 20  # checkpoints of the full-objective gradient (see engine.recorder.evaluation_steps)
     eval_samples: int = 256  # Monte Carlo groups of K samples in the full objective at a checkpoint
     constants: bool = True
 
@@ -59,6 +61,18 @@ class BBVIConfig:
     def layers(self) -> int:
         """Layers of the parameterisation (the N of the paper's N a^(2(N-1)) term): 1 for a location-scale map."""
         return self.flow_layers + 1 if self.family == "planar-flow" else 1
+
+    def assessed(self) -> AssessedRun:
+        """What the theory reads of this run. One draw of the parameters serves a whole minibatch, so the
+        gradient noise lacks the VAE's per-example form (no (B, K) allocation is predicted)."""
+        flow = self.family == "planar-flow"
+        return AssessedRun(
+            optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
+            momentum=self.momentum, betas=self.adam_betas, schedule=self.schedule,
+            schedule_power=self.schedule_power, batch_size=self.batch_size or 0, samples=self.samples,
+            layers=self.layers, objective=self.objective, activation="tanh" if flow else "none", smooth=True,
+            per_example_noise=False, seed=self.seed,
+        )
 
     def validate(self) -> BBVIConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""

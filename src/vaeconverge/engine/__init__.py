@@ -2,8 +2,7 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble
-from .loop import TrainingDiverged
-from .outputs import write_run
+from .recorder import TrainingDiverged
 from .train import TrainResult, train
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "load_model",
     "save_checkpoint",
     "train",
-    "write_run",
 ]

@@ -6,6 +6,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..models import VAE, build_vae
-from .ensemble import Ensemble
 
 FORMAT = "vaeconverge-checkpoint-2"  # 2: one state dict per replica, with the replicas' seeds
 
@@ -40,21 +40,22 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(
     path: str | Path,
-    ensemble: Ensemble,
+    format: str,
+    config: dict[str, Any],
+    step: int,
+    seeds: Sequence[int],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config: RunConfig,
-    step: int,
-    data_dim: int,
+    **weights: Any,
 ) -> None:
-    """Save everything needed to rebuild each replica and resume the (stacked) optimizer."""
+    """Save what rebuilds a run's replicas (``weights``: their state dicts, and what shapes them) and resumes its
+    (stacked) optimizer, marked with ``format``: one writer for every kind of run."""
     state = {
-        "format": FORMAT,
-        "config": config.to_dict(),
+        "format": format,
+        "config": config,
         "step": step,
-        "data_dim": data_dim,
-        "seeds": list(config.replica_seeds),
-        "models": ensemble.state_dicts(),
+        "seeds": list(seeds),
+        **weights,
         "optimizer": optimizer.state_dict(),
         "scheduler": {"last_epoch": scheduler.last_epoch},
     }

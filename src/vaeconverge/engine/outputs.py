@@ -1,5 +1,6 @@
-"""A run's directory: metrics.csv (one row per seed and checkpoint), bands.csv (mean, std and quantiles over
-seeds), summary.json, convergence.png and checkpoint.pt, each written atomically."""
+"""A run's tables: metrics.csv (one row per seed and checkpoint), bands.csv (mean, std and quantiles over
+seeds) and summary.json, each written atomically, and read back. The figure and the whole folder are written
+by ``report/run_folder.py``."""
 
 from __future__ import annotations
 
@@ -11,24 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics.seeds import BAND_KEYS, bands
-from ..report.figures import plot_run
-from .checkpoint import atomic_write, save_checkpoint
-from .loop import METRIC_COLUMNS
-from .train import TrainResult
+from .checkpoint import atomic_write
+from .recorder import METRIC_COLUMNS
 
 
-def write_run(out_dir: str | Path, result: TrainResult) -> Path:
-    """Write every output of ``result`` into ``out_dir`` (created if needed); return the directory."""
-    out = write_measurements(out_dir, result.metrics, result.summary)
-    save_checkpoint(out / "checkpoint.pt", result.ensemble, result.optimizer, result.scheduler, result.config,
-                    result.summary["steps"], result.dataset.x.shape[1])
-    return out
-
-
-def write_measurements(out_dir: str | Path, metrics: list[dict[str, float]], summary: dict[str, Any],
-                       title: str | None = None) -> Path:
-    """Write metrics.csv, bands.csv, summary.json and convergence.png (titled ``title``, else after the run's
-    configuration) into ``out_dir``, created if needed; return the directory."""
+def write_tables(out_dir: str | Path, metrics: list[dict[str, float]], summary: dict[str, Any]) -> Path:
+    """Write metrics.csv, bands.csv and summary.json into ``out_dir``, created if needed; return the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, METRIC_COLUMNS, metrics))
@@ -36,7 +25,6 @@ def write_measurements(out_dir: str | Path, metrics: list[dict[str, float]], sum
     atomic_write(out / "bands.csv", lambda tmp: _write_csv(tmp, list(band_rows[0]), band_rows))
     text = json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
     atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text))
-    atomic_write(out / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp, title))
     return out
 
 

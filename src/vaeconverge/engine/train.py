@@ -3,64 +3,28 @@
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..config import COUPLING_OPTIMIZERS, RunConfig
 from ..data import Dataset, PermutationBatches, as_float
-from ..diagnostics import (
-    GradientNoise,
-    GradientNormTracker,
-    full_objective_gradient,
-    gradient_noise,
-    smoothness,
-)
+from ..diagnostics import full_objective_gradient
+from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
 from ..objectives import build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule
-from ..theory.assessment import Constants, assess_run
-from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
-from .loop import checkpoint_rows, run_steps
 from ..runtime import flush_denormals, intra_op_threads
+from .checkpoint import FORMAT, save_checkpoint
+from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
+from .loop import run_steps
 from .plan import Plan, plan, step_flops
-
-# The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less
-# often never changes the training trajectory; re-seeded at every evaluation (common random numbers).
-DIAGNOSTICS_SEED_OFFSET = 0x5EED
-
-
-# The default number of checkpoints: a full-data gradient costs up to about as much per example as a training
-# step (README, performance), so the checkpoints' full-data passes may see at most this fraction of
-# the examples the training sees, within [CHECKPOINTS_MIN, CHECKPOINTS_MAX].
-CHECKPOINT_BUDGET = 0.05
-CHECKPOINTS_MIN, CHECKPOINTS_MAX = 6, 40
-
-
-def default_eval_points(steps: int, batch_size: int, n_examples: int, eval_samples: int) -> int:
-    """How many checkpoints :data:`CHECKPOINT_BUDGET` affords a run of ``steps`` steps of ``batch_size``."""
-    affordable = CHECKPOINT_BUDGET * steps * batch_size / (n_examples * eval_samples)
-    return int(min(max(round(affordable), CHECKPOINTS_MIN), CHECKPOINTS_MAX))
-
-
-def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[int]:
-    """Checkpoints: 0, the last step, and every ``every`` steps if given; else ``points`` of them, half
-    log-spaced over the first half of the run (the transient, on the log axis it is plotted on) and half
-    evenly spaced over the second (where the rate is fitted and the random iterate mostly lands)."""
-    if every is not None:
-        grid = range(0, steps + 1, every)
-    else:
-        late = points // 2
-        early = np.geomspace(1, max(steps / 2, 1), points - late)
-        later = np.linspace(steps / 2, steps, late + 1)[1:]
-        grid = np.unique(np.round(np.concatenate([early, later])).astype(int)).tolist()
-    return frozenset({0, steps, *grid})
+from .recorder import Recorder, Subject, diagnostics_seed
 
 
 @dataclass
@@ -81,67 +45,62 @@ class TrainResult:
         """The first replica (the only one of a single-seed run) as a plain module."""
         return self.ensemble.replica(0)
 
-
-@dataclass(frozen=True)
-class Probe:
-    """Constants measured at one point of the trajectory of one replica."""
-
-    L: float
-    noise: GradientNoise
-    weight_bound: float
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Save each replica's weights and the optimizer's state (``engine.checkpoint``)."""
+        save_checkpoint(path, FORMAT, self.config.to_dict(), self.summary["steps"], self.config.replica_seeds,
+                        self.optimizer, self.scheduler, data_dim=self.dataset.x.shape[1],
+                        models=self.ensemble.state_dicts())
 
 
-def constants_from_probes(probes: Sequence[Probe], start: float, best: float, reference: str, d: int,
-                          batch_size: int, samples: int) -> Constants:
-    """The largest L, noise and weight seen over ``probes``, and delta = ``start`` - ``best`` (at least 0),
-    the objective at initialisation minus the best value known (described by ``reference``)."""
-    return Constants(
-        L=max(p.L for p in probes),
-        sigma2_x=max(p.noise.sigma2_x for p in probes),
-        sigma2_eps=max(p.noise.sigma2_eps for p in probes),
-        R=max(p.noise.R for p in probes),
-        a=max(p.weight_bound for p in probes),
-        delta=max(start - best, 0.0),
-        d=d,
-        batch_size=batch_size,
-        samples=samples,
-        delta_reference=reference,
-    )
-
-
-class _Evaluator:
-    """Full-data diagnostics of every replica at a checkpoint of the trajectory."""
+class EnsembleSubject(Subject):
+    """The replicas of a VAE ensemble as the recorder measures them: full-data gradients of the value of the
+    objective, and per-example gradients of one replica (``diagnostics/constants.py``)."""
 
     def __init__(self, ensemble: Ensemble, dataset: Dataset, config: RunConfig) -> None:
-        self.ensemble, self.x = ensemble, dataset.x
-        self.eval_samples = config.eval_samples
-        self.seeds = [seed + DIAGNOSTICS_SEED_OFFSET for seed in config.replica_seeds]
-        self.exact = isinstance(ensemble.template, LinearVAE)
+        self.ensemble, self.x, self.config = ensemble, dataset.x, config
+        self.seeds = config.replica_seeds
+        self.batch_size, self.samples = config.batch_size, ensemble.objective.samples
+        self.parameters = ensemble.parameters_per_replica
+        self.linear = isinstance(ensemble.template, LinearVAE)
+        self.ppca: float | None = None
 
-    def __call__(self) -> list[dict[str, float]]:
-        generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
-        full = full_objective_gradient(self.ensemble, self.x, self.eval_samples, generators)
+    def measure(self) -> list[dict[str, float]]:
+        generators = [torch.Generator().manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
+        full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators)
         rows = []
         for t, (value, grad_sq_norm) in enumerate(zip(full.objective, full.grad_sq_norm, strict=True)):
             log_likelihood = math.nan
-            if self.exact and math.isfinite(value):  # a diverged model has no usable closed forms
+            if self.linear and math.isfinite(value):  # a diverged model has no usable closed forms
                 with torch.no_grad():
                     log_likelihood = self.ensemble.replica(t).exact_log_prob(as_float(self.x)).mean().item()
             rows.append({"objective": value, "grad_sq_norm": grad_sq_norm, "log_likelihood": log_likelihood})
         return rows
 
-    def probe_constants(self, step: int, batch_size: int) -> list[Probe]:
-        """Smoothness, gradient noise and largest weight magnitude of each replica at its current parameters."""
-        probes = []
-        for t, seed in enumerate(self.seeds):
-            model, objective = self.ensemble.replica(t), self.ensemble.objective
-            generator = torch.Generator().manual_seed(seed + 1 + step)
-            probes.append(Probe(
-                L=smoothness(model, objective, self.x, generator),
-                noise=gradient_noise(model, objective, self.x, batch_size, generator),
-                weight_bound=max(p.detach().abs().max().item() for p in model.parameters()),
-            ))
-        return probes
+    def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
+                         ) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], dict[str, torch.Tensor]]:
+        return fixed_noise_loss(self.ensemble.replica(t), self.ensemble.objective, self.x, generator)
+
+    def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> torch.Tensor:
+        return example_gradient_draws(self.ensemble.replica(t), self.ensemble.objective, self.x, generator)
+
+    def weights(self, t: int) -> list[torch.Tensor]:
+        return list(self.ensemble.replica(t).parameters())
+
+    def best_known(self, metrics: Sequence[dict[str, float]]) -> tuple[float, str] | None:
+        """The closed-form pPCA optimum of a Linear VAE, where the objective's maximum is log p(x)."""
+        exact_optimum = self.config.objective == "iwae" or self.config.beta == 1.0
+        if self.ppca is None or not exact_optimum:
+            return None
+        return -self.ppca, "closed-form pPCA optimum"
+
+    def ppca_log_likelihood(self) -> float | None:
+        """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate)."""
+        fixed = None if self.config.learn_variance else self.ensemble.template.likelihood.variance.item()
+        try:
+            self.ppca = ppca_optimum(as_float(self.x), self.config.latent_dim, fixed).log_likelihood
+        except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
+            self.ppca = None
+        return self.ppca
 
 
 def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
@@ -180,7 +139,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
 
 
 def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool) -> TrainResult:
-    """The training loop proper, with its evaluations."""
+    """The training loop proper, measured by a :class:`Recorder`."""
     x = dataset.x
     seeds = config.replica_seeds
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -189,24 +148,10 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     params = ensemble.parameters()
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
     scheduler = build_schedule(optimizer, config.schedule, config.schedule_power, epochs.batches_per_epoch)
-    tracker = GradientNormTracker(len(seeds), len(x), ensemble.parameters_per_replica, config.batch_size)
-    evaluate = _Evaluator(ensemble, dataset, config)
-    result = TrainResult(config, dataset, ensemble, optimizer, scheduler)
-    points = config.eval_points or default_eval_points(config.steps, config.batch_size, len(x), config.eval_samples)
-    eval_steps = evaluation_steps(config.steps, config.eval_every, points)
-    probe_steps = {0, config.steps // 2, config.steps} if config.constants else set()
-    probes: list[Probe] = []
+    subject = EnsembleSubject(ensemble, dataset, config)
+    recorder = Recorder(subject, config.steps, len(x), eval_every=config.eval_every, eval_points=config.eval_points,
+                        eval_samples=config.eval_samples, constants=config.constants)
     samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
-
-    start = time.perf_counter()
-
-    def record(step: int, lr: float) -> dict[str, float]:
-        measured = evaluate()
-        rows = checkpoint_rows(measured, seeds, step, lr, max(epochs.epoch, 0), tracker, time.perf_counter() - start)
-        if step in probe_steps:
-            probes.extend(evaluate.probe_constants(step, config.batch_size))
-        result.metrics.extend(rows)
-        return rows[-1]
 
     def batch_losses() -> torch.Tensor:
         xb = as_float(x[torch.stack([b.next_indices() for b in batches])])  # one gather for every replica
@@ -219,50 +164,16 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
             clip_replica_norms_(ensemble, grads, norms, config.clip_grad_norm)
         return norms
 
-    interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, tracker, epochs, squared_norms,
-                            eval_steps, record, "train", progress)
+    interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
+                            squared_norms, "train", progress)
 
-    ppca = _ppca_log_likelihood(result) if isinstance(ensemble.template, LinearVAE) else None
-    constants = _constants(result, probes, ppca) if probes else None
-    result.summary = _summary(result, interrupted=interrupted, seconds=time.perf_counter() - start)
-    if isinstance(ensemble.template, LinearVAE):
-        result.summary["ppca_log_likelihood"] = ppca
-    result.summary["constants"] = None if constants is None else constants.to_dict()
-    result.summary.update(assess_run(config, result.metrics, constants, epochs.batches_per_epoch))
-    return result
+    extras = {"ppca_log_likelihood": subject.ppca_log_likelihood()} if subject.linear else {}
+    summary = recorder.summary(config.assessed(), config=config.to_dict(), data=dataset_facts(dataset),
+                               interrupted=interrupted, batches_per_epoch=epochs.batches_per_epoch)
+    return TrainResult(config, dataset, ensemble, optimizer, scheduler, recorder.metrics,
+                       summary.with_extras(**extras).to_dict())
 
 
-def _constants(result: TrainResult, probes: list[Probe], ppca: float | None) -> Constants:
-    """The largest L and noise seen along the trajectory, and delta against the best objective known."""
-    config, metrics = result.config, result.metrics
-    best, reference = min(row["objective"] for row in metrics), "lowest objective measured"
-    exact_optimum = config.objective == "iwae" or config.beta == 1.0  # then min -objective = -max log p(x)
-    if ppca is not None and exact_optimum:
-        best, reference = -ppca, "closed-form pPCA optimum"
-    return constants_from_probes(probes, metrics[0]["objective"], best, reference,
-                                 result.ensemble.parameters_per_replica, config.batch_size, config.samples)
-
-
-def _ppca_log_likelihood(result: TrainResult) -> float | None:
-    """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate)."""
-    fixed = None if result.config.learn_variance else result.ensemble.template.likelihood.variance.item()
-    try:
-        return ppca_optimum(as_float(result.dataset.x), result.config.latent_dim, fixed).log_likelihood
-    except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
-        return None
-
-
-def _summary(result: TrainResult, interrupted: bool, seconds: float) -> dict[str, Any]:
-    """What the run was: its configuration, seeds, length, data and size (the measured numbers come from
-    :func:`assess_run`)."""
-    x = result.dataset.x
-    return {
-        "config": result.config.to_dict(),
-        "seeds": list(result.config.replica_seeds),
-        "steps": int(result.metrics[-1]["step"]),
-        "seconds": seconds,
-        "interrupted": interrupted,
-        "data": {"name": result.dataset.name, "n": x.shape[0], "dim": x.shape[1]},
-        "parameters": result.ensemble.parameters_per_replica,
-        "torch": torch.__version__,
-    }
+def dataset_facts(dataset: Dataset) -> dict[str, Any]:
+    """The ``data`` entry of a summary: the data set's name, number of examples and features."""
+    return {"name": dataset.name, "n": dataset.x.shape[0], "dim": dataset.x.shape[1]}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.loop import METRIC_COLUMNS
 from ..engine.outputs import json_ready
+from ..engine.recorder import METRIC_COLUMNS
 from .grid import Config, config_from_dict
 
 STATUSES = ("queued", "running", "done", "failed", "diverged")

@@ -1,7 +1,9 @@
 """A finished run held against the theory: its random iterate, fitted rate, and the bound for its optimizer.
 
-Everything here is computed from the run's stored configuration, metrics and estimated constants, so
-``vaeconverge train`` and ``vaeconverge bound --from`` give the same answer.
+Everything here is a function of values: what the theory reads of the run (:class:`~.run.AssessedRun`), its
+metric rows and its estimated :class:`Constants`, so ``vaeconverge train``, BBVI, the ConvergenceMonitor and
+``vaeconverge bound --from`` give the same answer. Nothing is mutated: an :class:`Assessment` holds the summary
+entries and the new metric columns.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig
 from ..diagnostics.random_iterate import random_iterate, weighted_mean_curve
 from ..diagnostics.rate import fit_rate, tail_mean
 from ..diagnostics.seeds import BAND_KEYS, bands, by_seed, seed_mean
-from ..optim import schedule_factor
 from .bounds import (
     adagrad_bound,
     adam_bound,
@@ -30,6 +30,7 @@ from .bounds import (
     predict_noise_ratio,
     vae_adam_basis,
 )
+from .run import AssessedRun
 
 # Torch's defaults for the optimizers' eps (not exposed as options): the Adam/Adagrad bounds need them.
 ADAM_EPS = 1e-8
@@ -72,19 +73,15 @@ class Constants:
         return cls(**{k: values[k] for k in fields})
 
 
-def step_sizes(config: RunConfig, steps: int, batches_per_epoch: int) -> np.ndarray:
-    """gamma_{t+1}, the step size applied at iterate t, for t = 0..steps."""
-    factor = schedule_factor(config.schedule, config.schedule_power, batches_per_epoch)
-    return config.lr * np.array([factor(t) for t in range(steps + 1)])
-
-
-def bound_curve(config: RunConfig, constants: Constants, gammas: np.ndarray, steps: Sequence[int]
+def bound_curve(run: AssessedRun, constants: Constants, gammas: np.ndarray, steps: Sequence[int]
                 ) -> tuple[str, np.ndarray | None, str]:
     """(name of the bound, its value after each checkpoint's number of steps or None, why None / reference)."""
     steps = np.asarray(steps)
     c = constants
-    if config.optimizer == "sgd":
-        if config.momentum:
+    if run.bound_family is None:
+        return "none", None, f"no convergence bound is implemented for {run.optimizer}"
+    if run.bound_family == "sgd":
+        if run.momentum:
             return "ghadimi-lan", None, "Ghadimi-Lan covers plain SGD; this run uses momentum"
         if gammas[:-1].max() >= 2 / c.L:
             return "ghadimi-lan", None, f"a step size reaches 2/L = {2 / c.L:.3g}: the bound needs gamma < 2/L"
@@ -93,46 +90,56 @@ def bound_curve(config: RunConfig, constants: Constants, gammas: np.ndarray, ste
         return "ghadimi-lan", values, "Ghadimi & Lan, SIAM J. Optim. 2013, Thm 2.1 (randomized SGD)"
     if np.ptp(gammas) > 0:
         return "defossez", None, "the Adam/Adagrad bounds are stated for a constant base step size"
-    if config.optimizer in ("adam", "amsgrad", "rmsprop"):
-        beta1, beta2 = (0.0, RMSPROP_ALPHA) if config.optimizer == "rmsprop" else config.adam_betas
-        if config.optimizer == "rmsprop" and config.momentum:
+    if run.bound_family in ("adam", "rmsprop"):
+        beta1, beta2 = (0.0, RMSPROP_ALPHA) if run.bound_family == "rmsprop" else run.betas
+        if run.bound_family == "rmsprop" and run.momentum:
             return "defossez", None, "RMSprop with momentum is not the Adam recursion the bound covers"
         min_steps = beta1 / (1 - beta1)
-        values = np.array([adam_bound(config.lr, beta1, beta2, ADAM_EPS, c.R, c.L, c.delta, c.d, int(s))
+        values = np.array([adam_bound(run.lr, beta1, beta2, ADAM_EPS, c.R, c.L, c.delta, c.d, int(s))
                            if s > min_steps else math.inf for s in steps])
         return "defossez-adam", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 2 (Adam)"
-    if config.optimizer == "adagrad":
-        values = np.array([adagrad_bound(config.lr, ADAGRAD_EPS, c.R, c.L, c.delta, c.d, int(s)) if s > 0
-                           else math.inf for s in steps])
-        return "defossez-adagrad", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 1 (Adagrad)"
-    return "none", None, f"no convergence bound is implemented for {config.optimizer}"
+    values = np.array([adagrad_bound(run.lr, ADAGRAD_EPS, c.R, c.L, c.delta, c.d, int(s)) if s > 0
+                       else math.inf for s in steps])
+    return "defossez-adagrad", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 1 (Adagrad)"
 
 
-def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
-           batches_per_epoch: int, gammas: np.ndarray | None = None) -> dict[str, Any]:
-    """``random_iterate``, ``rate_slope``, ``rate`` and ``bound`` entries of a run's summary; fills each
-    metrics row's ``random_iterate`` (step-weighted mean up to that checkpoint) and ``bound`` (NaN where no
-    bound applies). ``gammas``, the step sizes applied at iterates 0..n, default to the configured schedule's
-    (:func:`step_sizes`); a run whose step sizes were measured passes them instead."""
+@dataclass(frozen=True)
+class Assessment:
+    """A run held against the theory: its ``summary`` entries, and ``columns`` of values per metrics row (in the
+    rows' order) that :meth:`apply` adds to the rows."""
+
+    summary: dict[str, Any]
+    columns: dict[str, list[float]]
+
+    def apply(self, metrics: Sequence[dict[str, float]]) -> list[dict[str, float]]:
+        """New rows: ``metrics`` with this assessment's columns set."""
+        return [row | {key: values[i] for key, values in self.columns.items()} for i, row in enumerate(metrics)]
+
+
+def assess(run: AssessedRun, metrics: Sequence[dict[str, float]], constants: Constants | None,
+           batches_per_epoch: int, gammas: np.ndarray | None = None) -> Assessment:
+    """The ``random_iterate``, ``rate_slope``, ``rate``, ``bound`` and ``paper_shape`` entries of one series of
+    checkpoints, with the columns ``random_iterate`` (step-weighted mean up to each checkpoint) and ``bound`` (NaN
+    where no bound applies). ``gammas``, the step sizes applied at iterates 0..n, default to the run's schedule
+    (:meth:`AssessedRun.step_sizes`); a run whose step sizes were measured passes them instead."""
     steps = [int(row["step"]) for row in metrics]
     values = [row["grad_sq_norm"] for row in metrics]
     if gammas is None:
-        gammas = step_sizes(config, steps[-1], batches_per_epoch)
+        gammas = run.step_sizes(steps[-1], batches_per_epoch)
     rate = fit_rate(steps, values)
     measured = weighted_mean_curve(steps, values, gammas)
-    for row, value in zip(metrics, measured, strict=True):
-        row["random_iterate"] = float(value)
     out: dict[str, Any] = {
-        "random_iterate": random_iterate(steps, values, gammas, seed=config.seed).to_dict(),
+        "random_iterate": random_iterate(steps, values, gammas, seed=run.seed).to_dict(),
         "rate_slope": None if rate is None else rate.slope,
         "rate": None if rate is None else rate.to_dict(),
     }
+    columns = {"random_iterate": [float(v) for v in measured], "bound": [math.nan] * len(metrics)}
     if constants is None:
         out["bound"] = out["paper_shape"] = None
-        return out
-    name, curve, note = bound_curve(config, constants, gammas, steps)
-    for row, value in zip(metrics, curve if curve is not None else [math.nan] * len(metrics), strict=True):
-        row["bound"] = float(value)
+        return Assessment(out, columns)
+    name, curve, note = bound_curve(run, constants, gammas, steps)
+    if curve is not None:
+        columns["bound"] = [float(v) for v in curve]
     final = None if curve is None else float(curve[-1])
     bound: dict[str, Any] = {
         "name": name,
@@ -141,38 +148,43 @@ def assess(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Co
         "measured_step_weighted_mean": float(measured[-1]),
         "holds": None if final is None else bool(measured[-1] <= final),
     }
-    if config.optimizer == "sgd" and constants.L > 0:
-        budget = config.batch_size * config.samples * steps[-1]
+    if run.bound_family == "sgd" and run.per_example_noise and constants.L > 0:
+        budget = run.batch_size * run.samples * steps[-1]
         best, _ = best_allocation(budget, constants.L, constants.sigma2_x, constants.sigma2_eps, constants.delta,
                                   1.0 / constants.L, CANDIDATE_BATCH_SIZES, CANDIDATE_SAMPLES)
         bound["best_allocation"] = {"budget": budget, **asdict(best)}
     out["bound"] = bound
-    out["paper_shape"] = paper_shape(config, constants, steps, values)
-    return out
+    out["paper_shape"] = paper_shape(run, constants, steps, values)
+    return Assessment(out, columns)
 
 
-def assess_run(config: RunConfig, metrics: Sequence[dict[str, float]], constants: Constants | None,
-               batches_per_epoch: int, gammas: np.ndarray | None = None) -> dict[str, Any]:
-    """Summary entries of a run of one or more seeds.
+def assess_run(run: AssessedRun, metrics: Sequence[dict[str, float]], constants: Constants | None,
+               batches_per_epoch: int, gammas: np.ndarray | None = None) -> Assessment:
+    """The assessment of a run of one or more seeds.
 
     The headline numbers and :func:`assess` are those of the seed-mean curve, the estimate of the expectation
     the theorems bound; ``per_seed`` holds each seed's own, and ``bands`` the spread over seeds at the last
-    common checkpoint. Fills every row's ``random_iterate`` (its own seed's) and ``bound`` columns.
-    ``gammas`` as in :func:`assess`.
+    common checkpoint. Columns: each row's ``random_iterate`` (its own seed's) and the seed-mean ``bound`` at
+    its step. ``gammas`` as in :func:`assess`.
     """
     mean_rows = seed_mean(metrics)
-    out = {**headline(mean_rows), **assess(config, mean_rows, constants, batches_per_epoch, gammas)}
-    bound_at = {row["step"]: row["bound"] for row in mean_rows}
-    out["per_seed"] = []
+    pooled = assess(run, mean_rows, constants, batches_per_epoch, gammas)
+    summary = {**headline(mean_rows), **pooled.summary, "per_seed": []}
+    bound_at = dict(zip((row["step"] for row in mean_rows), pooled.columns["bound"], strict=True))
+    own_curve: dict[tuple[int, float], float] = {}
     for seed, rows in by_seed(metrics).items():
-        own = assess(dataclasses.replace(config, seed=seed, seeds=()), rows, None, batches_per_epoch, gammas)
-        for row in rows:
-            row["bound"] = bound_at.get(row["step"], math.nan)
-        out["per_seed"].append({"seed": seed, **headline(rows), "random_iterate": own["random_iterate"],
-                                "rate_slope": own["rate_slope"]})
-    out["bands"] = {key: {name: series[-1] for name, series in bands(metrics, key).items() if name != "step"}
-                    for key in BAND_KEYS}
-    return out
+        own = assess(dataclasses.replace(run, seed=seed), rows, None, batches_per_epoch, gammas)
+        own_curve.update({(seed, row["step"]): value
+                          for row, value in zip(rows, own.columns["random_iterate"], strict=True)})
+        summary["per_seed"].append({"seed": seed, **headline(rows), "random_iterate": own.summary["random_iterate"],
+                                    "rate_slope": own.summary["rate_slope"]})
+    summary["bands"] = {key: {name: series[-1] for name, series in bands(metrics, key).items() if name != "step"}
+                        for key in BAND_KEYS}
+    columns = {
+        "random_iterate": [own_curve[(int(row.get("seed", 0)), row["step"])] for row in metrics],
+        "bound": [bound_at.get(row["step"], math.nan) for row in metrics],
+    }
+    return Assessment(summary, columns)
 
 
 def headline(rows: Sequence[dict[str, float]]) -> dict[str, Any]:
@@ -192,7 +204,7 @@ def _or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def paper_shape(config: RunConfig, c: Constants, steps: Sequence[int], values: Sequence[float]
+def paper_shape(run: AssessedRun, c: Constants, steps: Sequence[int], values: Sequence[float]
                 ) -> dict[str, Any] | None:
     """The paper's rate shape (IWAE, or deep VAE + Adam; SGD as beta1 = 0) with its two free constants fitted
     by least squares on the measured curve: how much of the curve is the 1/sqrt(n) term, how much the
@@ -201,11 +213,11 @@ def paper_shape(config: RunConfig, c: Constants, steps: Sequence[int], values: S
     if len(keep) < 3:
         return None
     n = np.array([s for s, _ in keep], dtype=np.float64)
-    if config.objective == "iwae":
-        name, basis = "iwae", iwae_basis(n, c.delta, c.d, config.batch_size, config.samples)
+    if run.objective == "iwae":
+        name, basis = "iwae", iwae_basis(n, c.delta, c.d, run.batch_size, run.samples)
     else:
-        beta1 = config.adam_betas[0] if config.optimizer in ("adam", "amsgrad") else 0.0
-        name, basis = "vae-adam", vae_adam_basis(n, c.delta, config.layers, max(c.a, 1e-12), c.d, beta1)
+        beta1 = run.betas[0] if run.bound_family == "adam" else 0.0
+        name, basis = "vae-adam", vae_adam_basis(n, c.delta, run.layers, max(c.a, 1e-12), c.d, beta1)
     coefficients = fit_shape(basis, [v for _, v in keep])
     return {"name": name, "c1": float(coefficients[0]), "c2": float(coefficients[1])}
 

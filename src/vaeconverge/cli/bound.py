@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError
 from ..engine.checkpoint import atomic_write
 from ..engine.outputs import read_run
 from ..optim import schedule_factor
 from ..report.figures import plot_run
-from .assessment import ADAGRAD_EPS, ADAM_EPS, Constants, assess_run, compare_runs
-from .bounds import (
+from ..sweeps.grid import config_from_dict
+from ..theory.assessment import ADAGRAD_EPS, ADAM_EPS, Constants, assess_run, compare_runs
+from ..theory.bounds import (
     adagrad_bound,
     adam_bound,
     ghadimi_lan,
@@ -37,9 +38,11 @@ def bound_from_run(run_dir: Path, compare: Path | None = None) -> dict[str, Any]
     """Recompute the run's assessment from its stored metrics and constants; redraw its convergence.png."""
     metrics, summary = read_run(run_dir)
     constants = _constants("--from", run_dir, summary)
-    config = RunConfig.from_dict(summary["config"])
+    config = config_from_dict(summary["config"])
     batches_per_epoch = summary["data"]["n"] // config.batch_size
-    summary.update(assess_run(config, metrics, constants, batches_per_epoch))
+    assessment = assess_run(config.assessed(), metrics, constants, batches_per_epoch)
+    summary.update(assessment.summary)
+    metrics = assessment.apply(metrics)
     atomic_write(Path(run_dir) / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp))
     keys = ("constants", "bound", "random_iterate", "rate_slope", "rate", "paper_shape")
     report = {key: summary[key] for key in keys}

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from . import config as cfg
-from .config import ConfigError, RunConfig, SyntheticConfig
-from .runtime import available_cores
+from .. import config as cfg
+from ..config import ConfigError, RunConfig, SyntheticConfig
+from ..runtime import available_cores
 
 if TYPE_CHECKING:
-    from .sweeps import Executor, Store
+    from ..sweeps import Executor, Store
 
 EXIT_USAGE = 2
 DENORMALS_HELP = ("flush (default): denormal floats are zero while training, which keeps Adam from slowing down "
@@ -117,10 +117,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
-    from .bbvi.config import BBVIConfig
-    from .bbvi.families import FAMILIES
-    from .bbvi.objectives import OBJECTIVES
-    from .bbvi.targets import BUILTIN_TARGETS
+    from ..bbvi.config import BBVIConfig
+    from ..bbvi.families import FAMILIES
+    from ..bbvi.objectives import OBJECTIVES
+    from ..bbvi.targets import BUILTIN_TARGETS
 
     d = BBVIConfig()
     p = sub.add_parser("bbvi", help="black-box variational inference of a posterior, measured like train",
@@ -156,9 +156,10 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bbvi(args: argparse.Namespace) -> int:
-    from .bbvi.config import BBVIConfig
-    from .bbvi.train import train, write_bbvi_run
-    from .engine import TrainingDiverged
+    from ..bbvi.config import BBVIConfig
+    from ..bbvi.train import train
+    from ..engine import TrainingDiverged
+    from ..report.run_folder import write_run
 
     fields = {k: v for k, v in vars(args).items() if k in BBVIConfig.__dataclass_fields__}
     fields["adam_betas"] = tuple(fields["adam_betas"])
@@ -172,7 +173,7 @@ def _run_bbvi(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"vaeconverge bbvi: {exc}; nothing written to {args.out}", file=sys.stderr)
         return 1
-    out = write_bbvi_run(args.out, result)
+    out = write_run(args.out, result)
     s = result.summary
     gap = "" if s.get("evidence_gap") is None else f", gap to log evidence {s['evidence_gap']:.4g}"
     seeds_text = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""
@@ -210,8 +211,8 @@ def _bound_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bound(args: argparse.Namespace) -> int:
-    from .engine.outputs import json_ready
-    from .theory.run_bound import bound_calculator, bound_from_run, format_report
+    from ..engine.outputs import json_ready
+    from .bound import bound_calculator, bound_from_run, format_report
 
     if args.compare and not args.run_dir:
         raise ConfigError("--compare", "needs --from RUN_DIR (the run to predict from)")
@@ -254,7 +255,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import SpecError, Store, StoreError, load_spec, run_sweep
+    from ..sweeps import SpecError, Store, StoreError, load_spec, run_sweep
 
     try:
         if args.spec == "status":
@@ -286,14 +287,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 def _sweep_executor(args: argparse.Namespace) -> Executor:
     """The executor that ``sweep``'s options ask for; an option of the other executor is an error."""
-    from .sweeps import build_executor
+    from ..sweeps import build_executor
 
     ray_options = {"cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run, "retries": args.retries}
     if args.executor == "ray":
         if args.jobs is not None:
             raise ConfigError("--jobs", "is for --executor local; on Ray, --cpus-per-run sizes each run and the "
                                         "cluster's nodes how many run at once")
-        from .sweeps.ray_executor import RayExecutor
+        from ..sweeps.ray_executor import RayExecutor
 
         return RayExecutor(args.address, **{name: value for name, value in ray_options.items() if value is not None})
     for name, value in {"address": args.address, **ray_options}.items():
@@ -327,8 +328,8 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report.page import write_report
-    from .sweeps import Store, StoreError
+    from ..report.page import write_report
+    from ..sweeps import Store, StoreError
 
     if not args.database.is_file():
         raise ConfigError("report", f"no store at {args.database}")
@@ -361,9 +362,9 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from .report.page import write_report
-    from .sweeps import SpecError, StoreError
-    from .sweeps.reproduce import reproduce
+    from ..report.page import write_report
+    from ..sweeps import SpecError, StoreError
+    from ..sweeps.reproduce import reproduce
 
     if args.jobs < 1:
         raise ConfigError("--jobs", f"must be at least 1 (got {args.jobs})")
@@ -399,8 +400,8 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from .data.download import REMOTE_FILES, download
-    from .data.local_files import LOCAL_DATA, data_root, expected_files, find_local
+    from ..data.download import REMOTE_FILES, download
+    from ..data.local_files import LOCAL_DATA, data_root, expected_files, find_local
 
     if args.action == "download":
         if args.name not in REMOTE_FILES:
@@ -446,14 +447,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .engine import TrainingDiverged, train, write_run
+    from ..data import load_dataset
+    from ..engine import TrainingDiverged, train
+    from ..report.run_folder import write_run
 
     config = config_from_args(args)
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError("--out", f"{args.out} exists and is not a directory")
     if args.tensorboard is not None:
-        from .report.tensorboard import require_tensorboard
+        from ..report.tensorboard import require_tensorboard
 
         require_tensorboard()
     dataset = load_dataset(config, progress=not args.quiet)
@@ -464,7 +466,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return 1
     out = write_run(args.out, result)
     if args.tensorboard is not None:
-        from .report.tensorboard import write_scalars
+        from ..report.tensorboard import write_scalars
 
         write_scalars(args.tensorboard, result.metrics)
     s = result.summary

@@ -1,0 +1,288 @@
+"""The measured-run core: what turns a training trajectory into the measurements the theorems speak of.
+
+One :class:`Recorder` serves ``vaeconverge train`` (an ensemble of VAEs), BBVI and the ConvergenceMonitor (a
+user's own loop). It owns the checkpoint schedule, the diagnostics' noise streams, the metric rows, the
+constants probes at steps 0, n/2 and n and their reduction to :class:`Constants`, and the run's summary. What
+differs between kinds of run is a :class:`Subject`: how to measure the full objective and its gradient, the
+fixed-noise loss whose Hessian gives L, and the gradients whose spread gives the noise.
+
+It sits in ``engine/`` because it holds a run against the theory (``theory.assessment``), which sits above
+``diagnostics/``; the estimators themselves live in ``diagnostics/constants.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..diagnostics import GradientNoise, GradientNormTracker, hvp_power_iteration, noise_from_gradients
+from ..theory.assessment import Constants, assess_run
+from ..theory.run import AssessedRun
+
+# The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less often
+# never changes the training trajectory; re-seeded at every evaluation (common random numbers).
+DIAGNOSTICS_SEED_OFFSET = 0x5EED
+
+# The default number of checkpoints: a full-data gradient costs up to about as much per example as a training
+# step (README, performance), so the checkpoints' full-data passes may see at most this fraction of the examples
+# the training sees, within [CHECKPOINTS_MIN, CHECKPOINTS_MAX].
+CHECKPOINT_BUDGET = 0.05
+CHECKPOINTS_MIN, CHECKPOINTS_MAX = 6, 40
+
+METRIC_COLUMNS = (
+    "seed",
+    "step",
+    "epoch",
+    "lr",
+    "objective",
+    "grad_sq_norm",
+    "batch_grad_sq_norm",
+    "paper_proxy",
+    "log_likelihood",
+    "random_iterate",
+    "bound",
+    "seconds",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The full objective of a replica became NaN or infinite."""
+
+    def __init__(self, step: int, seed: int) -> None:
+        super().__init__(f"training diverged: the objective of seed {seed} is not finite at step {step}")
+        self.step = step
+        self.seed = seed
+
+
+def diagnostics_seed(seed: int) -> int:
+    """The seed of replica ``seed``'s full-objective evaluations (the same at every checkpoint)."""
+    return seed + DIAGNOSTICS_SEED_OFFSET
+
+
+def probe_seed(seed: int, step: int) -> int:
+    """The seed of replica ``seed``'s constants probe at ``step``."""
+    return diagnostics_seed(seed) + 1 + step
+
+
+def default_eval_points(steps: int, batch_size: int, n_examples: int, eval_samples: int) -> int:
+    """How many checkpoints :data:`CHECKPOINT_BUDGET` affords a run of ``steps`` steps of ``batch_size``."""
+    affordable = CHECKPOINT_BUDGET * steps * batch_size / (n_examples * eval_samples)
+    return int(min(max(round(affordable), CHECKPOINTS_MIN), CHECKPOINTS_MAX))
+
+
+def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[int]:
+    """Checkpoints: 0, the last step, and every ``every`` steps if given; else ``points`` of them, half
+    log-spaced over the first half of the run (the transient, on the log axis it is plotted on) and half
+    evenly spaced over the second (where the rate is fitted and the random iterate mostly lands)."""
+    if every is not None:
+        grid = range(0, steps + 1, every)
+    else:
+        late = points // 2
+        early = np.geomspace(1, max(steps / 2, 1), points - late)
+        later = np.linspace(steps / 2, steps, late + 1)[1:]
+        grid = np.unique(np.round(np.concatenate([early, later])).astype(int)).tolist()
+    return frozenset({0, steps, *grid})
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Constants measured at one point of the trajectory of one replica."""
+
+    L: float
+    noise: GradientNoise
+    weight_bound: float
+
+
+def constants_from_probes(probes: Sequence[Probe], start: float, best: float, reference: str, d: int,
+                          batch_size: int, samples: int) -> Constants:
+    """The largest L, noise and weight seen over ``probes``, and delta = ``start`` - ``best`` (at least 0),
+    the objective at initialisation minus the best value known (described by ``reference``)."""
+    return Constants(
+        L=max(p.L for p in probes),
+        sigma2_x=max(p.noise.sigma2_x for p in probes),
+        sigma2_eps=max(p.noise.sigma2_eps for p in probes),
+        R=max(p.noise.R for p in probes),
+        a=max(p.weight_bound for p in probes),
+        delta=max(start - best, 0.0),
+        d=d,
+        batch_size=batch_size,
+        samples=samples,
+        delta_reference=reference,
+    )
+
+
+class Subject(ABC):
+    """What a kind of run plugs into the :class:`Recorder`: its replicas' seeds, their minibatch (B, K), and
+    how to measure them. ``examples_per_row`` is the number of examples one row of :meth:`gradient_draws`
+    covers (1: per-example gradients; B: minibatch gradients whose examples share one noise draw)."""
+
+    seeds: Sequence[int]
+    batch_size: int
+    samples: int
+    parameters: int  # trained parameters per replica
+    examples_per_row: int = 1
+
+    @abstractmethod
+    def measure(self) -> list[dict[str, float]]:
+        """Per replica, at the current parameters, with the noise of :func:`diagnostics_seed`: the full
+        ``objective`` (to be minimised), its gradient's ``grad_sq_norm`` and the exact ``log_likelihood``
+        (NaN where there is no closed form)."""
+
+    @abstractmethod
+    def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
+                         ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor]]:
+        """Replica t's loss as a function of its parameters with its noise held fixed, and those parameters:
+        the function whose Hessian gives L. Draws, if any, come from ``generator``."""
+
+    @abstractmethod
+    def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> Tensor:
+        """Gradients of replica t's loss, (rows, 2, P): two independent noise draws for each row of
+        ``examples_per_row`` examples, the rows drawn at random from the data (from ``generator``)."""
+
+    @abstractmethod
+    def weights(self, t: int) -> list[Tensor]:
+        """Replica t's trained parameters (their largest magnitude is the theory's weight bound a)."""
+
+    def probing(self, t: int, seed: int) -> contextlib.AbstractContextManager[None]:
+        """The context the probe of replica t runs in (seeded ``seed``); nothing by default."""
+        return contextlib.nullcontext()
+
+    def best_known(self, metrics: Sequence[dict[str, float]]) -> tuple[float, str] | None:
+        """The lowest objective value known in closed form, and what it is; None: the lowest one measured."""
+        return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run was and what was measured: serialised by :meth:`to_dict` as ``summary.json``. ``assessment``
+    holds :func:`~vaeconverge.theory.assessment.assess_run`'s entries, ``extras`` those of one kind of run."""
+
+    config: dict[str, Any]
+    seeds: list[int]
+    steps: int
+    seconds: float
+    interrupted: bool
+    data: dict[str, Any]
+    parameters: int
+    constants: Constants | None
+    assessment: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+    torch: str = torch.__version__
+
+    def with_extras(self, **extras: Any) -> RunSummary:
+        """This summary with more kind-specific entries."""
+        return replace(self, extras={**self.extras, **extras})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary.json dictionary."""
+        return {
+            "config": self.config,
+            "seeds": self.seeds,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "interrupted": self.interrupted,
+            "data": self.data,
+            "parameters": self.parameters,
+            "torch": self.torch,
+            "constants": None if self.constants is None else self.constants.to_dict(),
+            **self.assessment,
+            **self.extras,
+        }
+
+
+class Recorder:
+    """Measures one run of the replicas of ``subject`` over ``steps`` steps.
+
+    The stepping code reports each minibatch gradient's squared norms (:meth:`observe`), the ends of epochs
+    (:meth:`end_epoch`) and calls :meth:`record` at each of :attr:`checkpoints`. ``strict``: a non-finite
+    objective raises :class:`TrainingDiverged`; otherwise it is recorded with a warning (a user's loop goes on).
+    """
+
+    def __init__(self, subject: Subject, steps: int, n_examples: int, *, eval_every: int | None = None,
+                 eval_points: int | None = None, eval_samples: int = 1, constants: bool = True,
+                 strict: bool = True, device: torch.device | str | None = None) -> None:
+        self.subject = subject
+        points = eval_points or default_eval_points(steps, subject.batch_size, n_examples, eval_samples)
+        self.checkpoints = evaluation_steps(steps, eval_every, points)
+        self.probe_steps = frozenset({0, steps // 2, steps}) if constants else frozenset()
+        self.tracker = GradientNormTracker(len(subject.seeds), n_examples, subject.parameters, subject.batch_size,
+                                           device=device)
+        self.strict = strict
+        self.metrics: list[dict[str, float]] = []
+        self.probes: list[Probe] = []
+        self.start = time.perf_counter()
+
+    def observe(self, squared_norms: Tensor) -> None:
+        """One step's minibatch gradient squared norms, one per replica."""
+        self.tracker.observe(squared_norms)
+
+    def end_epoch(self) -> None:
+        """An epoch just ended (the paper's proxy is per epoch)."""
+        self.tracker.end_epoch()
+
+    def record(self, step: int, lr: float, epoch: int, measured: list[dict[str, float]] | None = None
+               ) -> list[dict[str, float]]:
+        """The :data:`METRIC_COLUMNS` rows of a checkpoint, one per replica (``measured``: the subject's
+        :meth:`~Subject.measure` if already taken), with the constants probed at :attr:`probe_steps`. The
+        random iterate and the bound are filled in by :meth:`summary`."""
+        measured = self.subject.measure() if measured is None else measured
+        windows, proxies = self.tracker.read_window(), self.tracker.paper_proxy
+        seconds = time.perf_counter() - self.start
+        rows = []
+        for seed, row, window, proxy in zip(self.subject.seeds, measured, windows, proxies, strict=True):
+            if not math.isfinite(row["objective"]):
+                if self.strict:
+                    raise TrainingDiverged(step, seed)
+                warnings.warn(f"the full objective is not finite at step {step}", stacklevel=3)
+            full = row | {"seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": window,
+                          "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
+            rows.append({key: full[key] for key in METRIC_COLUMNS})
+        if step in self.probe_steps and all(math.isfinite(row["objective"]) for row in rows):
+            self.probes.extend(self.probe(t, step) for t in range(len(self.subject.seeds)))
+        self.metrics.extend(rows)
+        return rows
+
+    def probe(self, t: int, step: int) -> Probe:
+        """Smoothness, gradient noise and largest weight of replica t at its current parameters, all drawn
+        from one generator seeded by :func:`probe_seed`: the fixed-noise loss's draws, the power iteration's
+        start, the gradient draws, then the minibatches of R."""
+        seed = probe_seed(self.subject.seeds[t], step)
+        generator = torch.Generator().manual_seed(seed)
+        with self.subject.probing(t, seed):
+            loss, params = self.subject.fixed_noise_loss(t, generator, seed)
+            L = hvp_power_iteration(loss, params, generator=generator)
+            grads = self.subject.gradient_draws(t, generator, seed)
+        noise = noise_from_gradients(grads, self.subject.batch_size, self.subject.samples, generator,
+                                     examples_per_row=self.subject.examples_per_row)
+        weight_bound = max(p.detach().abs().max().item() for p in self.subject.weights(t))
+        return Probe(L=L, noise=noise, weight_bound=weight_bound)
+
+    def constants(self) -> Constants | None:
+        """The constants over every probe so far (None without probes), delta against the best objective known."""
+        if not self.probes:
+            return None
+        known = self.subject.best_known(self.metrics)
+        best, reference = known or (min(row["objective"] for row in self.metrics), "lowest objective measured")
+        return constants_from_probes(self.probes, self.metrics[0]["objective"], best, reference,
+                                     self.subject.parameters, self.subject.batch_size, self.subject.samples)
+
+    def summary(self, run: AssessedRun, *, config: dict[str, Any], data: dict[str, Any], interrupted: bool,
+                batches_per_epoch: int, gammas: np.ndarray | None = None) -> RunSummary:
+        """The run held against the theory: the constants, the assessment of ``run``, and :attr:`metrics` with
+        their ``random_iterate`` and ``bound`` columns filled in."""
+        constants = self.constants()
+        assessment = assess_run(run, self.metrics, constants, batches_per_epoch, gammas)
+        self.metrics = assessment.apply(self.metrics)
+        return RunSummary(config=config, seeds=list(self.subject.seeds), steps=int(self.metrics[-1]["step"]),
+                          seconds=time.perf_counter() - self.start, interrupted=interrupted, data=data,
+                          parameters=self.subject.parameters, constants=constants, assessment=assessment.summary)
