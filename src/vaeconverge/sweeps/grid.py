@@ -1,6 +1,7 @@
 """A sweep as data: a TOML file with a base run configuration, axes (a grid product, and zipped axes that
 vary together) and seeds. Every run it expands to is named by a stable identifier of its resolved
-configuration, so the same run is recognised in any later invocation, whatever the order of the axes.
+configuration (:func:`.identity.run_id`), so the same run is recognised in any later invocation, whatever the
+order of the axes, and in any later version of vaeconverge that adds options.
 
     name = "batch-size"
     seeds = 4                      # replicas per run (a count from seed 0, or a list)
@@ -22,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import itertools
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,6 @@ from ..config import ConfigError, RunConfig
 TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "finding")
 EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
-# Options that change how a run executes or where its files are, not what it computes: left out of its identifier.
-EXECUTION_ONLY = ("threads", "denormals", "data_dir")
 # What a study's runs are, by the optional ``kind`` key of its [base]: VAEs (``vaeconverge train``) by default,
 # or black-box variational inference (``vaeconverge bbvi``).
 KINDS: dict[str, type[RunConfig] | type[BBVIConfig]] = {"vae": RunConfig, BBVI_KIND: BBVIConfig}
@@ -108,12 +105,6 @@ class SweepSpec:
                     label = ", ".join(f"{key}={_shown(values[key])}" for key in self.axes) or "the base run"
                     raise SpecError(f"run {label}", str(exc)) from None
         return configs
-
-
-def run_id(config: Config) -> str:
-    """16 hex digits identifying ``config``'s resolved options (execution-only options excluded)."""
-    options = {key: value for key, value in config.to_dict().items() if key not in EXECUTION_ONLY}
-    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from .executors import Executor
-from .grid import SpecError, SweepSpec, run_id
+from .grid import SpecError, SweepSpec
+from .identity import run_id
 from .store import FINISHED, Store
 
 
