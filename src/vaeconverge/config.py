@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .optim import OPTIMIZERS, optimizer_spec
 
 MODELS = ("linear", "mlp", "conv32", "conv64")
 ACTIVATIONS = ("relu", "softclip")
 LIKELIHOODS = ("gaussian", "bernoulli")
 OBJECTIVES = ("elbo", "iwae")
-OPTIMIZERS = ("sgd", "adam", "amsgrad", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adafactor")
-# Optimizers whose update of one entry reads other entries of the same tensor: over parameters stacked
-# across replicas they would mix the replicas, so they train one seed at a time.
-COUPLING_OPTIMIZERS = {"adafactor": "its factored second moment averages over a tensor's rows and columns"}
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
 DENORMALS = ("flush", "keep")  # denormal floats flushed to zero while training, or kept (IEEE)
 BUILTIN_DATA = ("digits", "synthetic-linear")
@@ -170,10 +169,11 @@ def check_seeds(seeds: tuple[int, ...], optimizer: str) -> None:
         raise ConfigError("--seeds", f"seeds must be non-negative integers (got {list(seeds)})")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("--seeds", f"seeds must be distinct (got {list(seeds)})")
-    if len(seeds) > 1 and optimizer in COUPLING_OPTIMIZERS:
+    couples = optimizer_spec(optimizer).couples
+    if len(seeds) > 1 and couples is not None:
         raise ConfigError(
             "--seeds", f"--optimizer {optimizer} would couple the replicas "
-            f"({COUPLING_OPTIMIZERS[optimizer]}); train its seeds one at a time or choose an elementwise optimizer")
+            f"({couples}); train its seeds one at a time or choose an elementwise optimizer")
 
 
 def check_optimizer_options(momentum: float, adam_betas: tuple[float, float]) -> None:
@@ -184,8 +184,9 @@ def check_optimizer_options(momentum: float, adam_betas: tuple[float, float]) ->
         raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {adam_betas})")
 
 
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    """``value`` must be one of ``choices``."""
+def check_choice(option: str, value: str, choices: Iterable[str]) -> None:
+    """``value`` must be one of ``choices`` (names, or a registry keyed by them)."""
+    choices = list(choices)
     if value not in choices:
         raise ConfigError(option, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 

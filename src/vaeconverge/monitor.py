@@ -43,6 +43,7 @@ from .engine.train import (
     default_eval_points,
     evaluation_steps,
 )
+from .optim import recognise_optimizer as optimizer_name
 from .theory.assessment import assess_run
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -63,31 +64,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: Any) -> Tensor:
         return self.loss_fn(self.model, batch)
-
-
-# The --optimizer names of torch.optim classes (Adam and AdamW are told apart first: AdamW subclasses Adam).
-OPTIMIZER_CLASSES = {
-    torch.optim.SGD: "sgd",
-    torch.optim.NAdam: "nadam",
-    torch.optim.RAdam: "radam",
-    torch.optim.Adamax: "adamax",
-    torch.optim.RMSprop: "rmsprop",
-    torch.optim.Adagrad: "adagrad",
-    torch.optim.Adafactor: "adafactor",
-}
-
-
-def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
-    """The ``--optimizer`` name of a torch.optim optimizer (``adam``, ``amsgrad``, ``sgd``, ...), from its class;
-    the lowercased class name for others (for which no bound is implemented)."""
-    if isinstance(optimizer, torch.optim.AdamW):
-        return "adamw"
-    if isinstance(optimizer, torch.optim.Adam):
-        return "amsgrad" if optimizer.param_groups[0].get("amsgrad") else "adam"
-    for cls, name in OPTIMIZER_CLASSES.items():
-        if isinstance(optimizer, cls):
-            return name
-    return type(optimizer).__name__.lower()
 
 
 class ConvergenceMonitor:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import COUPLING_OPTIMIZERS, RunConfig
+from ..config import RunConfig
 from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import (
     GradientNoise,
@@ -24,7 +24,7 @@ from ..diagnostics import (
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
 from ..objectives import build_objective, draw_noise
-from ..optim import build_optimizer, build_schedule
+from ..optim import build_optimizer, build_schedule, optimizer_spec
 from ..theory.assessment import Constants, assess_run
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import checkpoint_rows, run_steps
@@ -157,7 +157,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
     head = as_float(x[: config.batch_size])
     eps = torch.zeros(objective.samples, len(head), models[0].latent_dim, dtype=head.dtype)
     flops = step_flops(partial(objective, models[0]), head, eps)
-    loop = config.optimizer in COUPLING_OPTIMIZERS or not stacks_replicas(models[0])
+    loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
     chosen = plan(flops, len(models), config.threads, loop=loop)
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen
