@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .optim import OPTIMIZERS, bound_family, optimizer_spec
 from .theory.run import AssessedRun
 
 MODELS = ("linear", "mlp", "conv32", "conv64")
 ACTIVATIONS = ("relu", "softclip")
 LIKELIHOODS = ("gaussian", "bernoulli")
 OBJECTIVES = ("elbo", "iwae")
-OPTIMIZERS = ("sgd", "adam", "amsgrad", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adafactor")
-# Optimizers whose update of one entry reads other entries of the same tensor: over parameters stacked
-# across replicas they would mix the replicas, so they train one seed at a time.
-COUPLING_OPTIMIZERS = {"adafactor": "its factored second moment averages over a tensor's rows and columns"}
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
 DENORMALS = ("flush", "keep")  # denormal floats flushed to zero while training, or kept (IEEE)
 BUILTIN_DATA = ("digits", "synthetic-linear")
@@ -178,21 +176,17 @@ class RunConfig:
         )
 
 
-def bound_family(optimizer: str) -> str | None:
-    """The recursion a convergence theorem of this package covers for ``optimizer`` (None: none)."""
-    return {"sgd": "sgd", "adam": "adam", "amsgrad": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}.get(optimizer)
-
-
 def check_seeds(seeds: tuple[int, ...], optimizer: str) -> None:
     """Replica seeds must be distinct non-negative integers, and the optimizer must not couple several."""
     if not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError("--seeds", f"seeds must be non-negative integers (got {list(seeds)})")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("--seeds", f"seeds must be distinct (got {list(seeds)})")
-    if len(seeds) > 1 and optimizer in COUPLING_OPTIMIZERS:
+    couples = optimizer_spec(optimizer).couples
+    if len(seeds) > 1 and couples is not None:
         raise ConfigError(
             "--seeds", f"--optimizer {optimizer} would couple the replicas "
-            f"({COUPLING_OPTIMIZERS[optimizer]}); train its seeds one at a time or choose an elementwise optimizer")
+            f"({couples}); train its seeds one at a time or choose an elementwise optimizer")
 
 
 def check_optimizer_options(momentum: float, adam_betas: tuple[float, float]) -> None:
@@ -203,8 +197,9 @@ def check_optimizer_options(momentum: float, adam_betas: tuple[float, float]) ->
         raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {adam_betas})")
 
 
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    """``value`` must be one of ``choices``."""
+def check_choice(option: str, value: str, choices: Iterable[str]) -> None:
+    """``value`` must be one of ``choices`` (names, or a registry keyed by them)."""
+    choices = list(choices)
     if value not in choices:
         raise ConfigError(option, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 

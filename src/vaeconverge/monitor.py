@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.hooks import RemovableHandle
 
-from .config import ConfigError, bound_family
+from .config import ConfigError
 from .diagnostics import summed_gradient
 from .engine.recorder import Recorder, Subject, diagnostics_seed
+from .optim import bound_family
+from .optim import recognise_optimizer as optimizer_name
 from .report.run_folder import write_measurements
 from .theory.run import AssessedRun
 
@@ -55,31 +57,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: Any) -> Tensor:
         return self.loss_fn(self.model, batch)
-
-
-# The --optimizer names of torch.optim classes (Adam and AdamW are told apart first: AdamW subclasses Adam).
-OPTIMIZER_CLASSES = {
-    torch.optim.SGD: "sgd",
-    torch.optim.NAdam: "nadam",
-    torch.optim.RAdam: "radam",
-    torch.optim.Adamax: "adamax",
-    torch.optim.RMSprop: "rmsprop",
-    torch.optim.Adagrad: "adagrad",
-    torch.optim.Adafactor: "adafactor",
-}
-
-
-def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
-    """The ``--optimizer`` name of a torch.optim optimizer (``adam``, ``amsgrad``, ``sgd``, ...), from its class;
-    the lowercased class name for others (for which no bound is implemented)."""
-    if isinstance(optimizer, torch.optim.AdamW):
-        return "adamw"
-    if isinstance(optimizer, torch.optim.Adam):
-        return "amsgrad" if optimizer.param_groups[0].get("amsgrad") else "adam"
-    for cls, name in OPTIMIZER_CLASSES.items():
-        if isinstance(optimizer, cls):
-            return name
-    return type(optimizer).__name__.lower()
 
 
 class _UserLoop(Subject):

@@ -12,12 +12,12 @@ from ..config import (
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
-    bound_family,
     check_choice,
     check_optimizer_options,
     check_positive,
     check_seeds,
 )
+from ..optim import bound_family
 from ..theory.run import AssessedRun
 from .families import FAMILIES
 from .objectives import OBJECTIVES

@@ -81,7 +81,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="B")
-    g.add_argument("--optimizer", choices=cfg.OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default=d.optimizer)
     g.add_argument("--lr", type=float, default=d.lr, help="base step size (C_gamma)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="sgd and rmsprop momentum")
     g.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"))
@@ -133,7 +133,7 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
     p.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples of w per step")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="B data per step (default: all N)")
-    p.add_argument("--optimizer", choices=cfg.OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default=d.optimizer)
     p.add_argument("--lr", type=float, default=d.lr, help="base step size (C_gamma)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="sgd and rmsprop momentum")
     p.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"))

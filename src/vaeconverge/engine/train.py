@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from ..config import COUPLING_OPTIMIZERS, RunConfig
+from ..config import RunConfig
 from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import full_objective_gradient
 from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
 from ..objectives import build_objective, draw_noise
-from ..optim import build_optimizer, build_schedule
+from ..optim import build_optimizer, build_schedule, optimizer_spec
 from ..runtime import flush_denormals, intra_op_threads
 from .checkpoint import FORMAT, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
@@ -116,7 +116,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
     head = as_float(x[: config.batch_size])
     eps = torch.zeros(objective.samples, len(head), models[0].latent_dim, dtype=head.dtype)
     flops = step_flops(partial(objective, models[0]), head, eps)
-    loop = config.optimizer in COUPLING_OPTIMIZERS or not stacks_replicas(models[0])
+    loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
     chosen = plan(flops, len(models), config.threads, loop=loop)
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen

@@ -1,0 +1,120 @@
+"""Registries: an entry registered at run time is a choice everywhere a built-in one is (configurations, training,
+sweeps, the monitor, the CLI), and every built-in entry builds what it says and is recognised back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vaeconverge import ConvergenceMonitor
+from vaeconverge.cli import main
+from vaeconverge.config import ConfigError, RunConfig
+from vaeconverge.data import load_dataset
+from vaeconverge.engine import train
+from vaeconverge.optim import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    build_optimizer,
+    optimizer_spec,
+    recognise_optimizer,
+    register_optimizer,
+)
+from vaeconverge.sweeps import InProcess, Store, parse_spec, run_sweep
+
+TINY = {"data": "digits", "hidden": 8, "depth": 1, "latent_dim": 2, "batch_size": 16, "steps": 6, "eval_every": 3,
+        "constants": False}
+SWEEP_BASE = """
+name = "tiny"
+[base]
+data = "digits"
+hidden = 8
+depth = 1
+latent-dim = 2
+batch-size = 16
+steps = 6
+eval-every = 3
+constants = false
+lr = 0.01
+"""
+
+
+def _is_nesterov(optimizer: torch.optim.Optimizer) -> bool:
+    return isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["nesterov"]
+
+
+@pytest.fixture
+def nesterov():
+    """SGD with Nesterov momentum 0.9, registered for one test: it refines the built-in ``sgd`` entry."""
+    spec = register_optimizer(OptimizerSpec(
+        "sgd-nesterov", torch.optim.SGD,
+        lambda params, lr, momentum, betas: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+        recognises=_is_nesterov))
+    yield spec
+    OPTIMIZERS.pop(spec.name)
+
+
+def test_a_registered_optimizer_trains_several_seeds(nesterov):
+    config = RunConfig(**TINY, optimizer="sgd-nesterov", lr=0.01, seeds=(0, 1)).validate()
+    result = train(config, load_dataset(config), progress=False)
+    assert _is_nesterov(result.optimizer)
+    assert [row["step"] for row in result.metrics if row["seed"] == 1] == [0, 3, 6]
+
+
+def test_a_registered_optimizer_is_a_sweep_axis(nesterov, tmp_path):
+    spec = parse_spec(SWEEP_BASE + '[grid]\noptimizer = ["sgd", "sgd-nesterov"]\n')
+    assert [config.optimizer for config in spec.runs()] == ["sgd", "sgd-nesterov"]
+    with Store(tmp_path / "r.db") as store:
+        assert run_sweep(spec, store, InProcess(), progress=False)["done"] == 2
+
+
+def test_a_registered_optimizer_is_recognised_by_the_monitor(nesterov):
+    model = nn.Linear(2, 1)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    optimizer = build_optimizer("sgd-nesterov", model.parameters(), 0.05)
+    assert recognise_optimizer(optimizer) == "sgd-nesterov"
+    assert recognise_optimizer(torch.optim.SGD(model.parameters(), lr=0.05)) == "sgd"
+    monitor = ConvergenceMonitor(model, lambda m, b: m(b).square().squeeze(1), x, 4, optimizer=optimizer,
+                                 batch_size=4, eval_every=2)
+    for _ in range(4):
+        optimizer.zero_grad()
+        model(x[:4]).square().mean().backward()
+        optimizer.step()
+    assert monitor.summary()["config"]["optimizer"] == "sgd-nesterov"
+
+
+def test_a_registered_optimizer_is_a_cli_choice(nesterov, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--optimizer", "sgd-nesterov", "--lr", "0.01", "--hidden", "8", "--depth", "1",
+                 "--latent-dim", "2", "--steps", "4", "--eval-every", "2", "--no-constants", "--quiet",
+                 "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+
+
+def test_an_unregistered_optimizer_is_refused_everywhere(capsys):
+    with pytest.raises(ConfigError, match="sgd-nesterov") as info:
+        RunConfig(optimizer="sgd-nesterov").validate()
+    assert info.value.option == "--optimizer"
+    with pytest.raises(ValueError, match="choose one of sgd, adam"):
+        optimizer_spec("sgd-nesterov")
+    assert main(["train", "--optimizer", "sgd-nesterov", "--steps", "1", "--quiet"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_name_is_registered_once(nesterov):
+    with pytest.raises(ValueError, match="already registered"):
+        register_optimizer(nesterov)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_built_in_optimizer_builds_its_class_and_is_recognised_back(name):
+    spec = optimizer_spec(name)
+    optimizer = build_optimizer(name, [nn.Parameter(torch.zeros(2, 2))], 1e-3)
+    assert isinstance(optimizer, spec.torch_class)
+    assert recognise_optimizer(optimizer) == name
+
+
+def test_bounds_and_coupling_are_those_the_theory_and_the_ensemble_use():
+    bounds = {name: spec.bound for name, spec in OPTIMIZERS.items() if spec.bound is not None}
+    assert bounds == {"sgd": "sgd", "adam": "adam", "amsgrad": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}
+    assert [name for name, spec in OPTIMIZERS.items() if spec.couples is not None] == ["adafactor"]
