@@ -1,4 +1,5 @@
-"""Convergence theory: explicit bounds (``bounds``) and a finished run held against them (``assessment``)."""
+"""Convergence theory: explicit bounds (``bounds``), what they read of a run (``run.AssessedRun``, a value), and a
+finished run held against them (``assessment``, imported from there: it builds on ``diagnostics``)."""
 
 from .bounds import (
     Allocation,
@@ -18,9 +19,12 @@ from .bounds import (
     shape_curve,
     vae_adam_basis,
 )
+from .run import BOUND_FAMILIES, AssessedRun
 
 __all__ = [
+    "BOUND_FAMILIES",
     "Allocation",
+    "AssessedRun",
     "adagrad_bound",
     "adam_bound",
     "adam_epsilon_defossez",
