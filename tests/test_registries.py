@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from vaeconverge import ConvergenceMonitor
+from vaeconverge import ELBO, ConvergenceMonitor
+from vaeconverge.bbvi import BBVIConfig
+from vaeconverge.bbvi import objectives as bbvi_objectives
 from vaeconverge.cli import main
 from vaeconverge.config import ConfigError, RunConfig
 from vaeconverge.data import load_dataset
 from vaeconverge.engine import train
+from vaeconverge.objectives import OBJECTIVES, ObjectiveSpec, make_objective, objective_spec, register_objective
 from vaeconverge.optim import (
     OPTIMIZERS,
     OptimizerSpec,
@@ -118,3 +121,57 @@ def test_bounds_and_coupling_are_those_the_theory_and_the_ensemble_use():
     bounds = {name: spec.bound for name, spec in OPTIMIZERS.items() if spec.bound is not None}
     assert bounds == {"sgd": "sgd", "adam": "adam", "amsgrad": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}
     assert [name for name, spec in OPTIMIZERS.items() if spec.couples is not None] == ["adafactor"]
+
+
+@pytest.fixture
+def no_kl():
+    """An ELBO without its KL term (beta fixed at 0), registered for one test."""
+    spec = register_objective(ObjectiveSpec("no-kl", lambda samples, beta: ELBO(samples=samples, beta=0.0),
+                                            family="elbo", uses_beta=False))
+    yield spec
+    OBJECTIVES.pop(spec.name)
+
+
+def test_a_registered_objective_trains_and_is_a_cli_choice(no_kl, tmp_path):
+    config = RunConfig(**TINY, objective="no-kl", beta=2.0).validate()
+    result = train(config, load_dataset(config), progress=False)
+    assert result.ensemble.objective == ELBO(samples=1, beta=0.0)
+    assert main(["train", "--objective", "no-kl", "--hidden", "8", "--depth", "1", "--latent-dim", "2",
+                 "--steps", "2", "--eval-every", "1", "--no-constants", "--quiet", "--out", str(tmp_path)]) == 0
+
+
+def test_objective_entries_are_checked():
+    with pytest.raises(ConfigError, match="no-kl"):
+        RunConfig(objective="no-kl").validate()
+    with pytest.raises(ValueError, match="choose one of elbo, iwae"):
+        objective_spec("no-kl")
+    with pytest.raises(ValueError, match="already registered"):
+        register_objective(objective_spec("elbo"))
+    with pytest.raises(ValueError, match="family must be one of elbo, iwae"):
+        register_objective(ObjectiveSpec("vr", lambda samples, beta: ELBO(samples), family="renyi", uses_beta=False))
+    assert "vr" not in OBJECTIVES
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_every_built_in_objective_is_built_from_values(name):
+    spec = objective_spec(name)
+    objective = make_objective(name, samples=3, beta=0.5)
+    assert objective.samples == 3 and spec.family == name
+    assert getattr(objective, "beta", None) == (0.5 if spec.uses_beta else None)
+
+
+def test_a_registered_bbvi_objective_is_a_choice():
+    def half_elbo(family, target, eps, index=None):
+        return 0.5 * bbvi_objectives.elbo(family, target, eps, index)
+
+    assert "elbo" in bbvi_objectives.OBJECTIVES and list(bbvi_objectives.OBJECTIVES) == ["elbo", "iwae"]
+    bbvi_objectives.register_objective("half-elbo", half_elbo)
+    try:
+        BBVIConfig(objective="half-elbo").validate()
+        assert bbvi_objectives.build_objective("half-elbo") is half_elbo
+        with pytest.raises(ValueError, match="already registered"):
+            bbvi_objectives.register_objective("half-elbo", half_elbo)
+    finally:
+        bbvi_objectives.OBJECTIVES.pop("half-elbo")
+    with pytest.raises(ConfigError, match="half-elbo"):
+        BBVIConfig(objective="half-elbo").validate()

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .objectives import OBJECTIVES
 from .optim import OPTIMIZERS, bound_family, optimizer_spec
 from .theory.run import AssessedRun
+from .validation import ConfigError, check_choice, check_nonnegative, check_optimizer_options, check_positive
 
 MODELS = ("linear", "mlp", "conv32", "conv64")
 ACTIVATIONS = ("relu", "softclip")
 LIKELIHOODS = ("gaussian", "bernoulli")
-OBJECTIVES = ("elbo", "iwae")
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
 DENORMALS = ("flush", "keep")  # denormal floats flushed to zero while training, or kept (IEEE)
-BUILTIN_DATA = ("digits", "synthetic-linear")
-
-
-class ConfigError(ValueError):
-    """An invalid option; ``option`` is the user-facing name (a CLI flag) of what is wrong."""
-
-    def __init__(self, option: str, problem: str) -> None:
-        super().__init__(f"{option}: {problem}")
-        self.option = option
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -170,8 +159,8 @@ class RunConfig:
             optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
             momentum=self.momentum, betas=self.adam_betas, schedule=self.schedule,
             schedule_power=self.schedule_power, batch_size=self.batch_size, samples=self.samples,
-            layers=self.layers, objective=self.objective, activation="none" if linear else self.activation,
-            smooth=linear or self.activation == "softclip",
+            layers=self.layers, objective=OBJECTIVES[self.objective].family,
+            activation="none" if linear else self.activation, smooth=linear or self.activation == "softclip",
             seed=self.seed,
         )
 
@@ -187,30 +176,3 @@ def check_seeds(seeds: tuple[int, ...], optimizer: str) -> None:
         raise ConfigError(
             "--seeds", f"--optimizer {optimizer} would couple the replicas "
             f"({couples}); train its seeds one at a time or choose an elementwise optimizer")
-
-
-def check_optimizer_options(momentum: float, adam_betas: tuple[float, float]) -> None:
-    """Momentum and both Adam betas must lie in [0, 1)."""
-    if not 0.0 <= momentum < 1.0:
-        raise ConfigError("--momentum", f"must lie in [0, 1) (got {momentum})")
-    if not all(0.0 <= b < 1.0 for b in adam_betas):
-        raise ConfigError("--adam-betas", f"both must lie in [0, 1) (got {adam_betas})")
-
-
-def check_choice(option: str, value: str, choices: Iterable[str]) -> None:
-    """``value`` must be one of ``choices`` (names, or a registry keyed by them)."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(option, f"unknown value {value!r}; choose one of {', '.join(choices)}")
-
-
-def check_positive(option: str, value: float) -> None:
-    """``value`` must be a finite number above zero."""
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ConfigError(option, f"must be positive (got {value})")
-
-
-def check_nonnegative(option: str, value: float) -> None:
-    """``value`` must be a finite number at or above zero."""
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-        raise ConfigError(option, f"must be non-negative (got {value})")

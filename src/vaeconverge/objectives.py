@@ -10,14 +10,20 @@ Values are per example and are to be *maximised*; the training loss is their neg
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
-from .config import RunConfig
 from .models.vae import VAE, standard_normal_log_prob
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+# The shapes of the paper's rates: the ELBO's, whatever its KL weight, and the importance-weighted bound's.
+FAMILIES = ("elbo", "iwae")
 
 
 class Objective(Protocol):
@@ -75,10 +81,45 @@ class ObjectiveModule(nn.Module):
         return self.objective(self.model, x, eps)
 
 
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """One ``--objective`` choice: its builder from (K samples, KL weight beta), the paper's rate-shape family it
+    belongs to (one of :data:`FAMILIES`), and whether beta changes it."""
+
+    name: str
+    build: Callable[[int, float], Objective]
+    family: str
+    uses_beta: bool
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {spec.name: spec for spec in (
+    ObjectiveSpec("elbo", lambda samples, beta: ELBO(samples=samples, beta=beta), family="elbo", uses_beta=True),
+    ObjectiveSpec("iwae", lambda samples, beta: IWAE(samples=samples), family="iwae", uses_beta=False),
+)}
+
+
+def register_objective(spec: ObjectiveSpec) -> ObjectiveSpec:
+    """Add ``spec`` as a new ``--objective`` choice, for configurations, sweeps and the CLI alike."""
+    if spec.name in OBJECTIVES:
+        raise ValueError(f"an objective named {spec.name!r} is already registered")
+    if spec.family not in FAMILIES:
+        raise ValueError(f"objective {spec.name!r}: family must be one of {', '.join(FAMILIES)} (got {spec.family!r})")
+    OBJECTIVES[spec.name] = spec
+    return spec
+
+
+def objective_spec(name: str) -> ObjectiveSpec:
+    """The registered entry called ``name``; a ValueError listing the known names otherwise."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def make_objective(name: str, samples: int = 1, beta: float = 1.0) -> Objective:
+    """The objective called ``name`` with K = ``samples`` and KL weight ``beta``, from plain values."""
+    return objective_spec(name).build(samples, beta)
+
+
 def build_objective(config: RunConfig) -> Objective:
-    """The objective named by ``config.objective``."""
-    if config.objective == "elbo":
-        return ELBO(samples=config.samples, beta=config.beta)
-    if config.objective == "iwae":
-        return IWAE(samples=config.samples)
-    raise ValueError(f"unknown objective {config.objective!r}")
+    """The objective named by ``config.objective``, with its ``samples`` and ``beta``."""
+    return make_objective(config.objective, config.samples, config.beta)

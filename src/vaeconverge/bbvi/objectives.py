@@ -10,6 +10,7 @@ With M groups of K samples, eps of shape (T, M, K, dim):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,7 +18,8 @@ from torch import Tensor
 from .families import Family
 from .targets import Target
 
-OBJECTIVES = ("elbo", "iwae")
+# (family, target, eps (T, M, K, dim), data index or None) -> each replica's value (T,)
+BBVIObjective = Callable[[Family, Target, Tensor, Tensor | None], Tensor]
 
 
 def log_weights(family: Family, target: Target, eps: Tensor, index: Tensor | None = None) -> Tensor:
@@ -38,8 +40,19 @@ def iwae(family: Family, target: Target, eps: Tensor, index: Tensor | None = Non
     return (torch.logsumexp(log_w, dim=2) - math.log(log_w.shape[2])).mean(dim=1)
 
 
-def build_objective(name: str):
-    """The objective called ``name`` (one of :data:`OBJECTIVES`)."""
+OBJECTIVES: dict[str, BBVIObjective] = {"elbo": elbo, "iwae": iwae}
+
+
+def register_objective(name: str, objective: BBVIObjective) -> BBVIObjective:
+    """Add ``objective`` as a new ``vaeconverge bbvi --objective`` choice called ``name``."""
+    if name in OBJECTIVES:
+        raise ValueError(f"an objective named {name!r} is already registered")
+    OBJECTIVES[name] = objective
+    return objective
+
+
+def build_objective(name: str) -> BBVIObjective:
+    """The objective called ``name`` (one of :data:`OBJECTIVES`); a ValueError listing the known names otherwise."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}")
-    return elbo if name == "elbo" else iwae
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]

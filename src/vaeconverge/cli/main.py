@@ -75,7 +75,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--learn-variance", action="store_true", help="gaussian: learn c")
 
     g = p.add_argument_group("objective")
-    g.add_argument("--objective", choices=cfg.OBJECTIVES, default=d.objective)
+    g.add_argument("--objective", choices=list(cfg.OBJECTIVES), default=d.objective)
     g.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples per example")
     g.add_argument("--beta", type=float, default=d.beta, help="KL weight (elbo)")
 
@@ -130,7 +130,7 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=d.target, help=" | ".join(BUILTIN_TARGETS))
     p.add_argument("--family", default=d.family, help=" | ".join(FAMILIES))
     p.add_argument("--flow-layers", type=int, default=d.flow_layers, help="planar-flow: planar maps")
-    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective)
     p.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples of w per step")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="B data per step (default: all N)")
     p.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default=d.optimizer)

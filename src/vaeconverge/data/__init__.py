@@ -4,16 +4,22 @@ converts per batch), with validation that names the problem."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import BUILTIN_DATA, ConfigError, RunConfig
+from ..validation import ConfigError
 from .arrays import load_array_file
 from .batches import PermutationBatches
 from .digits import load_digits_tensor
 from .local_files import LOCAL_DATA, load_local
 from .storage import Moments, as_float, float_dtype, moments
 from .synthetic import SyntheticLinear, make_synthetic_linear
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+BUILTIN_DATA = ("digits", "synthetic-linear")
 
 __all__ = [
     "Dataset",

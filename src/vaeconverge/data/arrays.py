@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..validation import ConfigError
 
 SUFFIXES = (".npy", ".npz", ".csv")
 NPZ_KEYS = ("x", "data")

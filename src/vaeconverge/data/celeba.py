@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
 from ..runtime import available_cores
+from ..validation import ConfigError
 
 FOLDER = "celeba"
 IMAGES = "img_align_celeba"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..validation import ConfigError
 from .celeba import celeba_files, celeba_present, load_celeba
 
 IDX_UBYTE = 0x08  # the idx type code of unsigned bytes

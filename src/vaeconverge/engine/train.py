@@ -17,7 +17,7 @@ from ..diagnostics import full_objective_gradient
 from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
-from ..objectives import build_objective, draw_noise
+from ..objectives import OBJECTIVES, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
 from ..runtime import flush_denormals, intra_op_threads
 from .checkpoint import FORMAT, save_checkpoint
@@ -88,7 +88,7 @@ class EnsembleSubject(Subject):
 
     def best_known(self, metrics: Sequence[dict[str, float]]) -> tuple[float, str] | None:
         """The closed-form pPCA optimum of a Linear VAE, where the objective's maximum is log p(x)."""
-        exact_optimum = self.config.objective == "iwae" or self.config.beta == 1.0
+        exact_optimum = not OBJECTIVES[self.config.objective].uses_beta or self.config.beta == 1.0
         if self.ppca is None or not exact_optimum:
             return None
         return -self.ppca, "closed-form pPCA optimum"

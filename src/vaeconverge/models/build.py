@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError, RunConfig
+from typing import TYPE_CHECKING
+
 from ..nn.networks import CONV_ARCHITECTURES, NetworkSpec
+from ..validation import ConfigError
 from .linear import LinearVAE
 from .vae import VAE, BernoulliLikelihood, Decoder, GaussianEncoder, GaussianLikelihood, LinearEncoder
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def network_spec(config: RunConfig) -> NetworkSpec:
