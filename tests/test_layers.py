@@ -81,3 +81,29 @@ def test_engine_and_data_share_one_runtime() -> None:
     """Cores, threads and denormals live in runtime.py, used by both engine/ and data/."""
     users = {layer(module_name(p)) for p in MODULES if "vaeconverge.runtime" in imported_modules(p)}
     assert {"engine", "data"} <= users
+
+
+# The measured-run core's ideas, each implemented once: who may call them besides their own module.
+ONE_PLACE = {
+    "hvp_power_iteration": ("vaeconverge.diagnostics.constants", "vaeconverge.engine.recorder"),
+    "noise_from_gradients": ("vaeconverge.diagnostics.constants", "vaeconverge.engine.recorder"),
+    "GradientNormTracker": ("vaeconverge.engine.recorder",),
+    "assess_run": ("vaeconverge.theory.assessment", "vaeconverge.engine.recorder", "vaeconverge.cli.bound"),
+    "save": ("vaeconverge.engine.checkpoint",),  # torch.save: one checkpoint writer
+}
+
+
+def called_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            names.add(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(ONE_PLACE))
+def test_the_measured_run_core_is_written_once(name: str) -> None:
+    """Train, BBVI and the monitor reach the estimators, the tracker and the assessment through the recorder."""
+    callers = {module_name(p) for p in MODULES if name in called_names(p)}
+    assert callers <= set(ONE_PLACE[name]), f"{name} called from {sorted(callers - set(ONE_PLACE[name]))}"
