@@ -3,6 +3,8 @@ sweeps, the monitor, the CLI), and every built-in entry builds what it says and 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -14,6 +16,20 @@ from vaeconverge.cli import main
 from vaeconverge.config import ConfigError, RunConfig
 from vaeconverge.data import load_dataset
 from vaeconverge.engine import train
+from vaeconverge.models import build_vae
+from vaeconverge.nn import (
+    ACTIVATIONS,
+    MODELS,
+    ActivationSpec,
+    ModelSpec,
+    SoftClip,
+    activation_spec,
+    build_body,
+    model_spec,
+    register_activation,
+    register_model,
+)
+from vaeconverge.nn.layers import Linear
 from vaeconverge.objectives import OBJECTIVES, ObjectiveSpec, make_objective, objective_spec, register_objective
 from vaeconverge.optim import (
     OPTIMIZERS,
@@ -175,3 +191,63 @@ def test_a_registered_bbvi_objective_is_a_choice():
         bbvi_objectives.OBJECTIVES.pop("half-elbo")
     with pytest.raises(ConfigError, match="half-elbo"):
         BBVIConfig(objective="half-elbo").validate()
+
+
+def _wide_mlp_body(in_dim: int, spec):
+    return build_body(in_dim, dataclasses.replace(spec, kind="mlp", hidden=2 * spec.hidden))
+
+
+@pytest.fixture
+def wide_tanh():
+    """An MLP twice as wide as --hidden says and a smooth tanh activation, registered for one test."""
+    model = register_model(ModelSpec("wide-mlp", _wide_mlp_body))
+    activation = register_activation(ActivationSpec("tanh", lambda s, s1, s2: nn.Tanh(), smooth=True))
+    yield model, activation
+    MODELS.pop(model.name)
+    ACTIVATIONS.pop(activation.name)
+
+
+def test_a_registered_model_and_activation_build_train_and_are_cli_choices(wide_tanh, tmp_path):
+    config = RunConfig(**TINY, model="wide-mlp", activation="tanh").validate()
+    vae = build_vae(config, 64)
+    assert vae.encoder.body[0].out_features == 16 and vae.decoder.body[0].out_features == 16
+    assert isinstance(vae.encoder.body[1], nn.Tanh)
+    assert isinstance(vae.encoder.mean[1], SoftClip)  # a smooth network soft-clips its heads
+    assert config.layers == 2
+    result = train(config, load_dataset(config), progress=False)
+    assert result.metrics[-1]["step"] == 6
+    assert main(["train", "--model", "wide-mlp", "--activation", "tanh", "--hidden", "8", "--depth", "1",
+                 "--latent-dim", "2", "--steps", "2", "--eval-every", "1", "--no-constants", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+
+
+def test_unregistered_models_and_activations_are_refused():
+    for option, values in (("--model", {"model": "wide-mlp"}), ("--activation", {"activation": "tanh"})):
+        with pytest.raises(ConfigError) as info:
+            RunConfig(**values).validate()
+        assert info.value.option == option
+    with pytest.raises(ValueError, match="choose one of linear, mlp, conv32, conv64"):
+        model_spec("wide-mlp")
+    with pytest.raises(ValueError, match="choose one of relu, softclip"):
+        activation_spec("tanh")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(model_spec("mlp"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_activation(activation_spec("relu"))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_built_in_model_states_its_facts(name):
+    spec = model_spec(name)
+    assert spec.linear == (name == "linear")
+    assert (spec.image is not None) == name.startswith("conv")
+    data_dim = 64 if spec.image is None else spec.image[0] * spec.image[1] * spec.image[2]
+    vae = build_vae(RunConfig(model=name, hidden=8, depth=1, latent_dim=2), data_dim)
+    assert isinstance(vae.decoder.out, Linear) == (spec.image is None)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_every_built_in_activation_states_its_smoothness(name):
+    spec = activation_spec(name)
+    assert spec.smooth == (name == "softclip")
+    assert isinstance(spec.build(5.0, 0.0, 50.0), SoftClip if spec.smooth else nn.ReLU)

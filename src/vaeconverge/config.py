@@ -6,13 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .nn import ACTIVATIONS, MODELS, model_spec
 from .objectives import OBJECTIVES
 from .optim import OPTIMIZERS, bound_family, optimizer_spec
 from .theory.run import AssessedRun
 from .validation import ConfigError, check_choice, check_nonnegative, check_optimizer_options, check_positive
 
-MODELS = ("linear", "mlp", "conv32", "conv64")
-ACTIVATIONS = ("relu", "softclip")
 LIKELIHOODS = ("gaussian", "bernoulli")
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
 DENORMALS = ("flush", "keep")  # denormal floats flushed to zero while training, or kept (IEEE)
@@ -81,7 +80,7 @@ class RunConfig:
     @property
     def layers(self) -> int:
         """Layers of the encoder and decoder networks (the N of the paper's N a^(2(N-1)) term)."""
-        return 1 if self.model == "linear" else self.depth + 1
+        return 1 if model_spec(self.model).linear else self.depth + 1
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""

@@ -4,15 +4,18 @@ An objective is a pure function of (model, batch, noise): the noise eps ~ N(0, I
 is drawn by the caller, so the same objective serves training, diagnostics and replicated runs. The sample
 dimension is counted from the right, so a model with parameters stacked over T replicas evaluates its x
 (T, B, D) and eps (T, K, B, latent) with the same code, giving values (T, B).
-Values are per example and are to be *maximised*; the training loss is their negated mean.
+Values are per example and are to be *maximised*. An objective has two faces, as Pyro separates ``loss`` from
+``differentiable_loss``: its value, which runs report and the diagnostics measure, and its surrogate, whose
+negated mean is the training loss; the surrogate is the value unless an objective says otherwise.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,12 +29,28 @@ if TYPE_CHECKING:
 FAMILIES = ("elbo", "iwae")
 
 
-class Objective(Protocol):
-    """Per-example objective values, shape (B,), from a batch x (B, D) and noise eps (K, B, latent)."""
+# The faces of an objective an :class:`ObjectiveModule` can evaluate.
+FACES = ("value", "surrogate")
+
+
+class Objective(ABC):
+    """Per-example values, shape (B,), of a batch x (B, D) under noise eps (K, B, latent), in two faces: the
+    :meth:`value` reported and measured, and the :meth:`surrogate` that training differentiates. Calling an
+    objective gives its value."""
 
     samples: int
 
-    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
+    @abstractmethod
+    def value(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The objective itself per example: what runs report and what the diagnostics measure."""
+
+    def surrogate(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The per-example expression whose gradient training follows: the value unless a subclass says otherwise."""
+        return self.value(model, x, eps)
+
+    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The value, so that every caller using an objective as a function measures the objective itself."""
+        return self.value(model, x, eps)
 
 
 def draw_noise(
@@ -43,24 +62,24 @@ def draw_noise(
 
 
 @dataclass(frozen=True)
-class ELBO:
+class ELBO(Objective):
     """(1/K) sum_k log p(x | z_k) - beta KL(q(. | x) || N(0, I)), KL in closed form (beta = 1: the VAE)."""
 
     samples: int = 1
     beta: float = 1.0
 
-    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def value(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         q = model.encode(x)
         return model.log_likelihood(x, q.rsample(eps)).mean(-2) - self.beta * q.kl_to_prior()
 
 
 @dataclass(frozen=True)
-class IWAE:
+class IWAE(Objective):
     """log (1/K) sum_k p(x, z_k) / q(z_k | x): the importance-weighted bound itself, via logsumexp."""
 
     samples: int = 1
 
-    def __call__(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def value(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         q = model.encode(x)
         z = q.rsample(eps)
         log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - q.log_prob_of_sample(eps)
@@ -68,16 +87,21 @@ class IWAE:
 
 
 class ObjectiveModule(nn.Module):
-    """``objective(model, x, eps)`` as a module's forward, so that ``torch.func.functional_call`` can swap the
-    model's parameters (their names gain a ``model.`` prefix) although objectives call ``encode``, not
-    ``forward``."""
+    """One face of ``objective`` on ``model`` as a module's forward (``face``: one of :data:`FACES`), so that
+    ``torch.func.functional_call`` can swap the model's parameters (their names gain a ``model.`` prefix) although
+    objectives call ``encode``, not ``forward``."""
 
-    def __init__(self, model: VAE, objective: Objective) -> None:
+    def __init__(self, model: VAE, objective: Objective, face: str = "value") -> None:
         super().__init__()
+        if face not in FACES:
+            raise ValueError(f"unknown face {face!r}; choose one of {', '.join(FACES)}")
         self.model = model
         self.objective = objective
+        self.face = face
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        if self.face == "surrogate":
+            return self.objective.surrogate(self.model, x, eps)
         return self.objective(self.model, x, eps)
 
 

@@ -61,11 +61,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-seed", type=int, default=s.seed, help="synthetic-linear: seed of the data")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=cfg.MODELS, default=d.model)
+    g.add_argument("--model", choices=list(cfg.MODELS), default=d.model)
     g.add_argument("--latent-dim", type=int, default=d.latent_dim)
     g.add_argument("--hidden", type=int, default=d.hidden, help="mlp: hidden units per layer")
     g.add_argument("--depth", type=int, default=d.depth, help="mlp: hidden layers in encoder and decoder")
-    g.add_argument("--activation", choices=cfg.ACTIVATIONS, default=d.activation)
+    g.add_argument("--activation", choices=list(cfg.ACTIVATIONS), default=d.activation)
     g.add_argument("--softclip-s", type=float, default=d.softclip_s, help="soft-clipping sharpness s")
     g.add_argument("--softclip-s1", type=float, default=d.softclip_s1, help="soft-clipping lower bound")
     g.add_argument("--softclip-s2", type=float, default=d.softclip_s2, help="soft-clipping upper bound")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state
@@ -72,6 +72,11 @@ class Ensemble(ABC):
         or (B, D), the same batch for all; eps is (T, K, B, latent)."""
 
     @abstractmethod
+    def surrogate(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Per-example surrogate values (T, B) of every replica, shaped as :meth:`__call__`'s: what training
+        differentiates (``Objective.surrogate``), while diagnostics measure the values."""
+
+    @abstractmethod
     def replica(self, t: int) -> VAE:
         """A detached copy of replica t as a plain module (for diagnostics that take one model)."""
 
@@ -101,6 +106,7 @@ class VectorisedEnsemble(Ensemble):
         self._leaves = {f"model.{name}": _aligned_leaf(p) for name, p in stacked.items()}
         self.buffers = {f"model.{name}": b for name, b in self.template.named_buffers()}
         self._module = ObjectiveModule(self.template, objective)
+        self._surrogate_module = ObjectiveModule(self.template, objective, face="surrogate")
 
     def parameters(self) -> list[torch.Tensor]:
         """One leaf per parameter, replicas along dimension 0."""
@@ -113,9 +119,16 @@ class VectorisedEnsemble(Ensemble):
                 in zip(self._leaves.items(), self._shapes.values(), strict=True)}
 
     def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(self._module, x, eps)
+
+    def surrogate(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(self._surrogate_module, x, eps)
+
+    def _evaluate(self, module: ObjectiveModule, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """One face of the objective, through ``module``, on every replica's parameters at once."""
         if x.dim() == 2:
             x = x.expand(len(self), *x.shape)
-        return functional_call(self._module, (self.params, self.buffers), (x, eps), tie_weights=False)
+        return functional_call(module, (self.params, self.buffers), (x, eps), tie_weights=False)
 
     def replica(self, t: int) -> VAE:
         model = copy.deepcopy(self.template)
@@ -146,9 +159,16 @@ class LoopedEnsemble(Ensemble):
         return [p for model in self.models for p in model.parameters()]
 
     def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(self.objective, x, eps)
+
+    def surrogate(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(self.objective.surrogate, x, eps)
+
+    def _evaluate(self, face: Callable[[VAE, torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  eps: torch.Tensor) -> torch.Tensor:
+        """One face of the objective, ``face(model, x, eps)``, on each replica in turn."""
         batches = x if x.dim() == 3 else [x] * len(self)
-        return torch.stack([self.objective(model, xb, e) for model, xb, e in zip(self.models, batches, eps,
-                                                                                  strict=True)])
+        return torch.stack([face(model, xb, e) for model, xb, e in zip(self.models, batches, eps, strict=True)])
 
     def replica(self, t: int) -> VAE:
         return copy.deepcopy(self.models[t])

@@ -156,7 +156,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     def batch_losses() -> torch.Tensor:
         xb = as_float(x[torch.stack([b.next_indices() for b in batches])])  # one gather for every replica
         eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in generators])
-        return -ensemble(xb, eps).mean(-1)
+        return -ensemble.surrogate(xb, eps).mean(-1)
 
     def squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
         norms = ensemble.squared_norms(grads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..nn.networks import CONV_ARCHITECTURES, NetworkSpec
+from ..nn.networks import NetworkSpec, model_spec
 from ..validation import ConfigError
 from .linear import LinearVAE
 from .vae import VAE, BernoulliLikelihood, Decoder, GaussianEncoder, GaussianLikelihood, LinearEncoder
@@ -32,16 +32,16 @@ def build_vae(config: RunConfig, data_dim: int) -> VAE:
     Raises :class:`ConfigError` when a conv network is asked for data that are not its images.
     """
     spec = network_spec(config)
-    if config.model in CONV_ARCHITECTURES:
-        arch = CONV_ARCHITECTURES[config.model]
-        if data_dim != arch.data_dim:
-            c, h, w = arch.image
+    entry = model_spec(config.model)
+    if entry.image is not None:
+        c, h, w = entry.image
+        if data_dim != c * h * w:
             raise ConfigError(
                 "--model",
-                f"{config.model} takes {c}x{h}x{w} images, flattened to D = {arch.data_dim} features, "
+                f"{config.model} takes {c}x{h}x{w} images, flattened to D = {c * h * w} features, "
                 f"but the data have D = {data_dim}",
             )
-    linear_gaussian = config.model == "linear" and config.likelihood == "gaussian"
+    linear_gaussian = entry.linear and config.likelihood == "gaussian"
     if linear_gaussian:
         encoder = LinearEncoder(data_dim, config.latent_dim)
     else:

@@ -1,6 +1,10 @@
-"""Generalised soft-clipping (THEORY.md section 2): a smooth, bounded, 1-Lipschitz stand-in for ReLU."""
+"""Generalised soft-clipping (THEORY.md section 2): a smooth, bounded, 1-Lipschitz stand-in for ReLU; and the
+registry of ``--activation`` choices."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,3 +38,35 @@ class SoftClip(nn.Module):
 
     def extra_repr(self) -> str:
         return f"s={self.s}, s1={self.s1}, s2={self.s2}"
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One ``--activation`` choice: its layer from the soft-clipping parameters (s, s1, s2), which it may ignore,
+    and whether it is ``smooth`` (a Lipschitz derivative, which the convergence theorems need and ReLU lacks;
+    smooth networks also soft-clip their output heads)."""
+
+    name: str
+    build: Callable[[float, float, float], nn.Module]
+    smooth: bool
+
+
+ACTIVATIONS: dict[str, ActivationSpec] = {spec.name: spec for spec in (
+    ActivationSpec("relu", lambda s, s1, s2: nn.ReLU(), smooth=False),
+    ActivationSpec("softclip", SoftClip, smooth=True),
+)}
+
+
+def register_activation(spec: ActivationSpec) -> ActivationSpec:
+    """Add ``spec`` as a new ``--activation`` choice, for configurations, sweeps and the CLI alike."""
+    if spec.name in ACTIVATIONS:
+        raise ValueError(f"an activation named {spec.name!r} is already registered")
+    ACTIVATIONS[spec.name] = spec
+    return spec
+
+
+def activation_spec(name: str) -> ActivationSpec:
+    """The registered entry called ``name``; a ValueError listing the known names otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]

@@ -17,16 +17,19 @@ Kernel 4, stride 2, padding 1 halves (encoder) or doubles (decoder) the image si
 Every layer but the heads and the decoder's last one is followed by the activation. The decoder's last
 transposed convolution has no per-channel bias but one bias per output pixel (D of them, ``decoder.out.bias``),
 so that the decoder can start at the data's per-feature marginal as the linear and MLP decoders do.
+
+The ``--model`` choices are the entries of :data:`MODELS`; :func:`register_model` adds more.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .activations import SoftClip
+from .activations import SoftClip, activation_spec
 from .layers import Linear
 
 # Head ranges of the paper's soft-clipping networks (THEORY.md section 2).
@@ -79,18 +82,14 @@ class NetworkSpec:
 
     def activation_layer(self) -> nn.Module:
         """The hidden-layer non-linearity."""
-        if self.activation == "relu":
-            return nn.ReLU()
-        if self.activation == "softclip":
-            return SoftClip(self.softclip_s, self.softclip_s1, self.softclip_s2)
-        raise ValueError(f"unknown activation {self.activation!r}")
+        return activation_spec(self.activation).build(self.softclip_s, self.softclip_s1, self.softclip_s2)
 
     def head_clip(self, bounds: tuple[float, float]) -> nn.Module:
         """Soft-clipping of an output head to ``bounds`` for smooth networks; identity otherwise.
 
         The linear model keeps unclipped heads so that its closed forms stay exact.
         """
-        if self.kind == "linear" or self.activation != "softclip":
+        if model_spec(self.kind).linear or not activation_spec(self.activation).smooth:
             return nn.Identity()
         return SoftClip(self.softclip_s, *bounds)
 
@@ -160,13 +159,21 @@ def _conv_decoder(latent_dim: int, arch: ConvArchitecture, spec: NetworkSpec) ->
 
 def build_body(in_dim: int, spec: NetworkSpec) -> tuple[nn.Module, int]:
     """The layers before the output heads, and their output width (a conv body needs in_dim = C*H*W)."""
-    if spec.kind == "linear":
-        return nn.Identity(), in_dim
-    if spec.kind in CONV_ARCHITECTURES:
-        arch = CONV_ARCHITECTURES[spec.kind]
-        return _conv_encoder_body(arch, spec), arch.hidden
-    if spec.kind != "mlp":
-        raise ValueError(f"unknown network {spec.kind!r}")
+    return model_spec(spec.kind).encoder_body(in_dim, spec)
+
+
+def build_decoder_layers(latent_dim: int, data_dim: int, spec: NetworkSpec) -> tuple[nn.Module, nn.Module]:
+    """A decoder's body and its output layer ``out``, whose ``bias`` has one entry per data feature (D of them)."""
+    return model_spec(spec.kind).decoder(latent_dim, data_dim, spec)
+
+
+def _linear_body(in_dim: int, spec: NetworkSpec) -> tuple[nn.Module, int]:
+    """No layer at all: the heads act on the input."""
+    return nn.Identity(), in_dim
+
+
+def _mlp_body(in_dim: int, spec: NetworkSpec) -> tuple[nn.Module, int]:
+    """``spec.depth`` fully connected layers of ``spec.hidden`` units, each followed by the activation."""
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(spec.depth):
@@ -175,9 +182,51 @@ def build_body(in_dim: int, spec: NetworkSpec) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), width
 
 
-def build_decoder_layers(latent_dim: int, data_dim: int, spec: NetworkSpec) -> tuple[nn.Module, nn.Module]:
-    """A decoder's body and its output layer ``out``, whose ``bias`` has one entry per data feature (D of them)."""
-    if spec.kind in CONV_ARCHITECTURES:
-        return _conv_decoder(latent_dim, CONV_ARCHITECTURES[spec.kind], spec)
+def dense_decoder(latent_dim: int, data_dim: int, spec: NetworkSpec) -> tuple[nn.Module, nn.Module]:
+    """The body of ``spec.kind`` on the latent code, then a fully connected output layer to the D features."""
     body, width = build_body(latent_dim, spec)
     return body, Linear(width, data_dim)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``--model`` choice: the encoder's body from (input width, :class:`NetworkSpec`) with its output width,
+    the decoder's body and output layer from (latent dim, data dim, :class:`NetworkSpec`), and facts: ``linear``
+    (no hidden layer: the Linear VAE under a Gaussian likelihood, with unclipped heads) and ``image`` (the
+    (C, H, W) images it takes, flattened; None: data of any width)."""
+
+    name: str
+    encoder_body: Callable[[int, NetworkSpec], tuple[nn.Module, int]]
+    decoder: Callable[[int, int, NetworkSpec], tuple[nn.Module, nn.Module]] = dense_decoder
+    linear: bool = False
+    image: tuple[int, int, int] | None = None
+
+
+def _conv_model(name: str) -> ModelSpec:
+    """The entry of the conv network ``name`` of :data:`CONV_ARCHITECTURES`."""
+    arch = CONV_ARCHITECTURES[name]
+    return ModelSpec(name, lambda in_dim, spec: (_conv_encoder_body(arch, spec), arch.hidden),
+                     lambda latent_dim, data_dim, spec: _conv_decoder(latent_dim, arch, spec), image=arch.image)
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec("linear", _linear_body, linear=True),
+    ModelSpec("mlp", _mlp_body),
+    _conv_model("conv32"),
+    _conv_model("conv64"),
+)}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` as a new ``--model`` choice, for configurations, sweeps and the CLI alike."""
+    if spec.name in MODELS:
+        raise ValueError(f"a model named {spec.name!r} is already registered")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registered entry called ``name``; a ValueError listing the known names otherwise."""
+    if name not in MODELS:
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
