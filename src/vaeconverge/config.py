@@ -153,13 +153,13 @@ class RunConfig:
 
     def assessed(self) -> AssessedRun:
         """What the theory reads of this run."""
-        linear = self.model == "linear"
+        linear = model_spec(self.model).linear
         return AssessedRun(
             optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
             momentum=self.momentum, betas=self.adam_betas, schedule=self.schedule,
             schedule_power=self.schedule_power, batch_size=self.batch_size, samples=self.samples,
             layers=self.layers, objective=OBJECTIVES[self.objective].family,
-            activation="none" if linear else self.activation, smooth=linear or self.activation == "softclip",
+            activation="none" if linear else self.activation, smooth=linear or ACTIVATIONS[self.activation].smooth,
             seed=self.seed,
         )
 
