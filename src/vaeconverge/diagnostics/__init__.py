@@ -16,6 +16,7 @@ from .grad_norms import (
 )
 from .random_iterate import RandomIterate, random_iterate
 from .rate import RateFit, fit_rate, slope_interval
+from .squared_norm import SquaredNormEstimate, unbiased_squared_norm
 
 __all__ = [
     "FullGradient",
@@ -23,6 +24,7 @@ __all__ = [
     "GradientNormTracker",
     "RandomIterate",
     "RateFit",
+    "SquaredNormEstimate",
     "fit_rate",
     "full_objective_gradient",
     "gradient_noise",
@@ -33,4 +35,5 @@ __all__ = [
     "slope_interval",
     "smoothness",
     "summed_gradient",
+    "unbiased_squared_norm",
 ]

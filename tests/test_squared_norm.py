@@ -1,0 +1,56 @@
+"""The unbiased squared-norm estimate on gradients with a known mean and covariance: its average over many
+independent draws is ||mean||^2, its standard error matches the draws' spread, and the squared norm of the
+replicates' mean is biased by trace(Cov) / 2."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaeconverge.diagnostics.squared_norm import unbiased_squared_norm
+
+GROUPS, P, DRAWS = 8, 12, 4000
+
+
+def draws(mean_scale: float, seed: int = 0) -> tuple[torch.Tensor, list[tuple[float, float, float]], float]:
+    """``DRAWS`` estimates from replicates g = sum_c (mu / m + A_c z_c), groups of unequal covariance."""
+    generator = torch.Generator().manual_seed(seed)
+    mu = mean_scale * torch.randn(P, generator=generator, dtype=torch.float64)
+    factors = torch.randn(GROUPS, P, P, generator=generator, dtype=torch.float64) / P
+    factors *= torch.linspace(0.5, 1.5, GROUPS, dtype=torch.float64)[:, None, None]  # unequal groups
+    trace_cov = sum(torch.trace(a @ a.T).item() for a in factors)
+    out = []
+    for _ in range(DRAWS):
+        z = torch.randn(2, GROUPS, P, 1, generator=generator, dtype=torch.float64)
+        first, second = (mu / GROUPS + (factors @ z[h]).squeeze(-1) for h in range(2))
+        estimate = unbiased_squared_norm(first, second)
+        out.append((estimate.value, estimate.se, estimate.biased))
+    return mu, out, trace_cov
+
+
+@pytest.mark.parametrize("mean_scale", [0.0, 0.3, 1.0])
+def test_the_estimate_is_unbiased_and_its_standard_error_matches_the_spread(mean_scale: float) -> None:
+    mu, out, _ = draws(mean_scale)
+    values = torch.tensor([v for v, _, _ in out], dtype=torch.float64)
+    truth = mu.square().sum().item()
+    spread = values.std().item()
+    assert abs(values.mean().item() - truth) < 4 * spread / math.sqrt(DRAWS)
+    typical_se = math.sqrt(sum(se**2 for _, se, _ in out) / DRAWS)
+    assert typical_se == pytest.approx(spread, rel=0.08)
+
+
+def test_the_former_reading_is_biased_by_half_the_trace_of_the_covariance() -> None:
+    mu, out, trace_cov = draws(0.3)
+    biased = torch.tensor([b for _, _, b in out], dtype=torch.float64)
+    expected = mu.square().sum().item() + trace_cov / 2
+    assert abs(biased.mean().item() - expected) < 4 * biased.std().item() / math.sqrt(DRAWS)
+    assert trace_cov / 2 > 10 * biased.std().item() / math.sqrt(DRAWS)  # the bias is resolved by these draws
+
+
+def test_bad_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        unbiased_squared_norm(torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="one shape"):
+        unbiased_squared_norm(torch.zeros(2, 3), torch.zeros(2, 4))
