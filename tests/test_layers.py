@@ -19,6 +19,8 @@ FORBIDDEN = {
     "diagnostics": ("engine", "theory", "sweeps", "report", "cli", "monitor", "bbvi"),
     "data": ("engine", "theory", "sweeps", "report", "cli", "monitor", "bbvi"),
     "runtime": ("engine", "data", "theory", "diagnostics", "sweeps", "report", "cli", "monitor", "bbvi"),
+    "registry": ("validation", "config", "optim", "objectives", "models", "nn", "engine", "data", "theory",
+                 "diagnostics", "sweeps", "report", "cli", "monitor", "bbvi", "runtime"),
     "validation": ("config", "optim", "objectives", "models", "nn", "engine", "data", "theory", "diagnostics",
                    "sweeps", "report", "cli", "monitor", "bbvi"),
     "config": ("engine", "diagnostics", "sweeps", "report", "cli", "monitor", "bbvi"),

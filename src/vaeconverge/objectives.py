@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .models.vae import VAE, standard_normal_log_prob
+from .registry import Registry
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -116,27 +117,22 @@ class ObjectiveSpec:
     uses_beta: bool
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {spec.name: spec for spec in (
+OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective", ((spec.name, spec) for spec in (
     ObjectiveSpec("elbo", lambda samples, beta: ELBO(samples=samples, beta=beta), family="elbo", uses_beta=True),
     ObjectiveSpec("iwae", lambda samples, beta: IWAE(samples=samples), family="iwae", uses_beta=False),
-)}
+)))
 
 
 def register_objective(spec: ObjectiveSpec) -> ObjectiveSpec:
     """Add ``spec`` as a new ``--objective`` choice, for configurations, sweeps and the CLI alike."""
-    if spec.name in OBJECTIVES:
-        raise ValueError(f"an objective named {spec.name!r} is already registered")
     if spec.family not in FAMILIES:
         raise ValueError(f"objective {spec.name!r}: family must be one of {', '.join(FAMILIES)} (got {spec.family!r})")
-    OBJECTIVES[spec.name] = spec
-    return spec
+    return OBJECTIVES.register(spec.name, spec)
 
 
 def objective_spec(name: str) -> ObjectiveSpec:
     """The registered entry called ``name``; a ValueError listing the known names otherwise."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    return OBJECTIVES.lookup(name)
 
 
 def make_objective(name: str, samples: int = 1, beta: float = 1.0) -> Objective:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from .registry import Registry
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:
@@ -46,7 +48,7 @@ def _is_amsgrad(optimizer: torch.optim.Optimizer) -> bool:
 # Where torch has a fused kernel (SGD, Adam, AdamW, Adagrad) it is used: one pass over memory instead of one per
 # operation (see the README's performance section). Its vectorised body and scalar tail round differently, which is
 # why the ensemble aligns each replica's parameters (``ROW_ALIGNMENT``).
-OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", ((spec.name, spec) for spec in (
     OptimizerSpec("sgd", torch.optim.SGD,
                   lambda p, lr, momentum, betas: torch.optim.SGD(p, lr=lr, momentum=momentum, fused=True),
                   bound="sgd"),
@@ -70,22 +72,17 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("adafactor", torch.optim.Adafactor,
                   lambda p, lr, momentum, betas: torch.optim.Adafactor(p, lr=lr),
                   couples="its factored second moment averages over a tensor's rows and columns"),
-)}
+)))
 
 
 def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
     """Add ``spec`` as a new ``--optimizer`` choice, for configurations, sweeps, the CLI and the monitor alike."""
-    if spec.name in OPTIMIZERS:
-        raise ValueError(f"an optimizer named {spec.name!r} is already registered")
-    OPTIMIZERS[spec.name] = spec
-    return spec
+    return OPTIMIZERS.register(spec.name, spec)
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:
     """The registered entry called ``name``; a ValueError listing the known names otherwise."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
+    return OPTIMIZERS.lookup(name)
 
 
 def bound_family(name: str) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .families import Family
 from .targets import Target
 
@@ -40,19 +41,14 @@ def iwae(family: Family, target: Target, eps: Tensor, index: Tensor | None = Non
     return (torch.logsumexp(log_w, dim=2) - math.log(log_w.shape[2])).mean(dim=1)
 
 
-OBJECTIVES: dict[str, BBVIObjective] = {"elbo": elbo, "iwae": iwae}
+OBJECTIVES: Registry[BBVIObjective] = Registry("objective", {"elbo": elbo, "iwae": iwae}.items())
 
 
 def register_objective(name: str, objective: BBVIObjective) -> BBVIObjective:
     """Add ``objective`` as a new ``vaeconverge bbvi --objective`` choice called ``name``."""
-    if name in OBJECTIVES:
-        raise ValueError(f"an objective named {name!r} is already registered")
-    OBJECTIVES[name] = objective
-    return objective
+    return OBJECTIVES.register(name, objective)
 
 
 def build_objective(name: str) -> BBVIObjective:
     """The objective called ``name`` (one of :data:`OBJECTIVES`); a ValueError listing the known names otherwise."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    return OBJECTIVES.lookup(name)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import Registry
+
 
 class SoftClip(nn.Module):
     """f_s(x) = softplus_s(x - s1) - softplus_s(x - s2) + s1, with softplus_s(u) = log(1 + e^{s u}) / s.
@@ -51,22 +53,17 @@ class ActivationSpec:
     smooth: bool
 
 
-ACTIVATIONS: dict[str, ActivationSpec] = {spec.name: spec for spec in (
+ACTIVATIONS: Registry[ActivationSpec] = Registry("activation", ((spec.name, spec) for spec in (
     ActivationSpec("relu", lambda s, s1, s2: nn.ReLU(), smooth=False),
     ActivationSpec("softclip", SoftClip, smooth=True),
-)}
+)))
 
 
 def register_activation(spec: ActivationSpec) -> ActivationSpec:
     """Add ``spec`` as a new ``--activation`` choice, for configurations, sweeps and the CLI alike."""
-    if spec.name in ACTIVATIONS:
-        raise ValueError(f"an activation named {spec.name!r} is already registered")
-    ACTIVATIONS[spec.name] = spec
-    return spec
+    return ACTIVATIONS.register(spec.name, spec)
 
 
 def activation_spec(name: str) -> ActivationSpec:
     """The registered entry called ``name``; a ValueError listing the known names otherwise."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS.lookup(name)

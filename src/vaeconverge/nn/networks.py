@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .activations import SoftClip, activation_spec
 from .layers import Linear
 
@@ -209,24 +210,19 @@ def _conv_model(name: str) -> ModelSpec:
                      lambda latent_dim, data_dim, spec: _conv_decoder(latent_dim, arch, spec), image=arch.image)
 
 
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+MODELS: Registry[ModelSpec] = Registry("model", ((spec.name, spec) for spec in (
     ModelSpec("linear", _linear_body, linear=True),
     ModelSpec("mlp", _mlp_body),
     _conv_model("conv32"),
     _conv_model("conv64"),
-)}
+)))
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Add ``spec`` as a new ``--model`` choice, for configurations, sweeps and the CLI alike."""
-    if spec.name in MODELS:
-        raise ValueError(f"a model named {spec.name!r} is already registered")
-    MODELS[spec.name] = spec
-    return spec
+    return MODELS.register(spec.name, spec)
 
 
 def model_spec(name: str) -> ModelSpec:
     """The registered entry called ``name``; a ValueError listing the known names otherwise."""
-    if name not in MODELS:
-        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name]
+    return MODELS.lookup(name)
