@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class EnsembleSubject(Subject):
         self.batch_size, self.samples = config.batch_size, ensemble.objective.samples
         self.parameters = ensemble.parameters_per_replica
         self.linear = isinstance(ensemble.template, LinearVAE)
-        self.ppca: float | None = None
 
     def measure(self) -> list[dict[str, float]]:
         generators = [torch.Generator().manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
@@ -89,18 +88,19 @@ class EnsembleSubject(Subject):
     def best_known(self, metrics: Sequence[dict[str, float]]) -> tuple[float, str] | None:
         """The closed-form pPCA optimum of a Linear VAE, where the objective's maximum is log p(x)."""
         exact_optimum = not OBJECTIVES[self.config.objective].uses_beta or self.config.beta == 1.0
-        if self.ppca is None or not exact_optimum:
+        if not self.linear or self.ppca_log_likelihood is None or not exact_optimum:
             return None
-        return -self.ppca, "closed-form pPCA optimum"
+        return -self.ppca_log_likelihood, "closed-form pPCA optimum"
 
+    @cached_property
     def ppca_log_likelihood(self) -> float | None:
-        """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate)."""
+        """Closed-form maximum average log-likelihood of the Linear VAE (None where degenerate); it depends on
+        the data and the configuration only."""
         fixed = None if self.config.learn_variance else self.ensemble.template.likelihood.variance.item()
         try:
-            self.ppca = ppca_optimum(as_float(self.x), self.config.latent_dim, fixed).log_likelihood
+            return ppca_optimum(as_float(self.x), self.config.latent_dim, fixed).log_likelihood
         except ValueError:  # latent_dim >= D with a learned variance: the optimum is degenerate
-            self.ppca = None
-        return self.ppca
+            return None
 
 
 def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
@@ -167,7 +167,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
                             squared_norms, "train", progress)
 
-    extras = {"ppca_log_likelihood": subject.ppca_log_likelihood()} if subject.linear else {}
+    extras = {"ppca_log_likelihood": subject.ppca_log_likelihood} if subject.linear else {}
     summary = recorder.summary(config.assessed(), config=config.to_dict(), data=dataset_facts(dataset),
                                interrupted=interrupted, batches_per_epoch=epochs.batches_per_epoch)
     return TrainResult(config, dataset, ensemble, optimizer, scheduler, recorder.metrics,
