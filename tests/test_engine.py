@@ -69,10 +69,11 @@ def test_the_paper_proxy_is_reported_per_epoch_and_exceeds_nothing_it_should_not
     assert all(p > 0 for p in proxies[2:])
 
 
-@pytest.mark.parametrize(("steps", "batch_size", "expected"), [(100, 64, 6), (6000, 64, 11), (100_000, 64, 40)])
+@pytest.mark.parametrize(("steps", "batch_size", "expected"), [(100, 64, 6), (12_000, 64, 11), (200_000, 64, 40)])
 def test_default_checkpoints_follow_the_budget(steps, batch_size, expected) -> None:
-    """The default number of checkpoints grows with the examples training sees (5% of them on full-data passes),
-    from 6 to 40, and every default grid leaves the rate fit at least three checkpoints in the second half."""
+    """The default number of checkpoints grows with the examples training sees (5% of them on the full-data passes,
+    two replicates at each checkpoint), from 6 to 40, and every default grid leaves the rate fit at least three
+    checkpoints in the second half."""
     points = default_eval_points(steps, batch_size, 1797, eval_samples=1)
     assert points == expected
     grid = sorted(evaluation_steps(steps, None, points))

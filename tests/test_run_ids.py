@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from vaeconverge.config import RunConfig, SyntheticConfig
 from vaeconverge.sweeps import Outcome, Store, load_spec, run_id, run_sweep
 from vaeconverge.sweeps.grid import Config, config_from_dict
 from vaeconverge.sweeps.identity import SCHEMA_1, identity
+from vaeconverge.sweeps.store import BIASED_ERA_NOTE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPECS = (FIXTURES / "sweep-v1-vae.toml", FIXTURES / "sweep-v1-bbvi.toml")
@@ -177,3 +179,26 @@ def test_a_new_option_at_its_default_still_finds_the_stored_runs(tmp_path, monke
             assert run_sweep(spec, store, executor, progress=False)["done"] == 2
     assert executor.asked == []
 
+
+
+def test_a_store_from_before_the_unbiased_estimator_keeps_its_reading_under_its_own_name(tmp_path):
+    """Opening moves the stored single-replicate reading to grad_sq_norm_biased and says so in each summary;
+    grad_sq_norm, which now means the unbiased estimate, is absent (NaN) rather than mislabelled."""
+    db = tmp_path / "store-v1.db"
+    shutil.copyfile(FIXTURES / "store-v1.db", db)
+    with sqlite3.connect(db) as raw:
+        before = {(run_id, seed, step): value for run_id, seed, step, value
+                  in raw.execute("SELECT run_id, seed, step, grad_sq_norm FROM metrics")}
+    raw.close()
+    assert before and all(value is not None for value in before.values())
+    with Store(db) as store:
+        for spec_path in SPECS:
+            for run in store.runs(load_spec(spec_path).name):
+                assert run.summary["grad_sq_norm_estimator"] == BIASED_ERA_NOTE
+                assert run.summary["grad_sq_norm"] is None and run.summary["grad_sq_norm_biased"] > 0
+                for row in store.metrics(run.id):
+                    assert math.isnan(row["grad_sq_norm"]) and math.isnan(row["kl"])
+                    assert row["grad_sq_norm_biased"] == before[(run.id, row["seed"], row["step"])]
+    with Store(db) as store:  # a second opening changes nothing more
+        run = store.runs(load_spec(SPECS[0]).name)[0]
+        assert store.metrics(run.id)[0]["grad_sq_norm_biased"] == before[(run.id, 0.0, 0.0)]

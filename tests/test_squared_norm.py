@@ -1,6 +1,6 @@
 """The unbiased squared-norm estimate on gradients with a known mean and covariance: its average over many
-independent draws is ||mean||^2, its standard error matches the draws' spread, and the squared norm of the
-replicates' mean is biased by trace(Cov) / 2."""
+independent draws is ||mean||^2, its standard error matches the draws' spread, and one replicate's squared norm
+is biased by trace(Cov)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def draws(mean_scale: float, seed: int = 0) -> tuple[torch.Tensor, list[tuple[fl
         z = torch.randn(2, GROUPS, P, 1, generator=generator, dtype=torch.float64)
         first, second = (mu / GROUPS + (factors @ z[h]).squeeze(-1) for h in range(2))
         estimate = unbiased_squared_norm(first, second)
-        out.append((estimate.value, estimate.se, estimate.biased))
+        out.append((estimate.value.item(), estimate.se.item(), estimate.biased.item()))
     return mu, out, trace_cov
 
 
@@ -41,16 +41,31 @@ def test_the_estimate_is_unbiased_and_its_standard_error_matches_the_spread(mean
     assert typical_se == pytest.approx(spread, rel=0.08)
 
 
-def test_the_former_reading_is_biased_by_half_the_trace_of_the_covariance() -> None:
+def test_the_former_reading_is_biased_by_the_trace_of_the_covariance() -> None:
     mu, out, trace_cov = draws(0.3)
     biased = torch.tensor([b for _, _, b in out], dtype=torch.float64)
-    expected = mu.square().sum().item() + trace_cov / 2
+    expected = mu.square().sum().item() + trace_cov
     assert abs(biased.mean().item() - expected) < 4 * biased.std().item() / math.sqrt(DRAWS)
-    assert trace_cov / 2 > 10 * biased.std().item() / math.sqrt(DRAWS)  # the bias is resolved by these draws
+    assert trace_cov > 10 * biased.std().item() / math.sqrt(DRAWS)  # the bias is resolved by these draws
+
+
+def test_a_batch_of_estimates_is_each_estimate_alone() -> None:
+    generator = torch.Generator().manual_seed(3)
+    first, second = torch.randn(2, GROUPS, 3, P, generator=generator, dtype=torch.float64)
+    batched = unbiased_squared_norm(first, second)
+    for t in range(3):
+        alone = unbiased_squared_norm(first[:, t], second[:, t])
+        for name in ("value", "se", "biased"):
+            assert getattr(batched, name)[t].item() == pytest.approx(getattr(alone, name).item(), rel=1e-12)
+
+
+def test_one_group_has_no_standard_error() -> None:
+    estimate = unbiased_squared_norm(torch.ones(1, 3), 2 * torch.ones(1, 3))
+    assert estimate.value.item() == 6.0 and math.isnan(estimate.se.item())
 
 
 def test_bad_shapes_are_refused() -> None:
-    with pytest.raises(ValueError, match="at least 2 groups"):
-        unbiased_squared_norm(torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="one shape"):
+        unbiased_squared_norm(torch.zeros(3), torch.zeros(3))
     with pytest.raises(ValueError, match="one shape"):
         unbiased_squared_norm(torch.zeros(2, 3), torch.zeros(2, 4))

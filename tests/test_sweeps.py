@@ -19,6 +19,7 @@ from vaeconverge.cli import main
 from vaeconverge.config import RunConfig
 from vaeconverge.data import load_dataset
 from vaeconverge.engine import train
+from vaeconverge.engine.recorder import METRIC_COLUMNS
 from vaeconverge.sweeps import (
     InProcess,
     Outcome,
@@ -88,9 +89,7 @@ def test_a_run_is_stored_complete_or_not_at_all(tmp_path):
         with pytest.raises(KeyError):  # a row lacking columns fails inside the transaction
             store.record(Outcome("a", "done", 1.0, summary={}, metrics=rows))
         assert store.counts("s")["queued"] == 1 and store.metrics("a") == []
-        full = [{key: 1.0 for key in ("seed", "step", "epoch", "lr", "objective", "grad_sq_norm",
-                                      "batch_grad_sq_norm", "paper_proxy", "log_likelihood", "random_iterate",
-                                      "bound", "seconds")} | {"bound": math.nan}]
+        full = [dict.fromkeys(METRIC_COLUMNS, 1.0) | {"bound": math.nan}]
         store.record(Outcome("a", "done", 1.0, summary={"x": math.nan}, metrics=full))
         assert store.counts("s")["done"] == 1
         (stored,) = store.metrics("a")
@@ -212,7 +211,7 @@ def test_the_report_is_rebuilt_byte_for_byte_from_the_store(tmp_path, capsys):
     assert main(["report", str(db), "--out", str(tmp_path / "one")]) == 0
     assert main(["report", str(db), "--out", str(tmp_path / "two")]) == 0
     out = capsys.readouterr().out
-    assert "small: agrees" in out or "small: disagrees" in out
+    assert any(f"small: {word}" in out for word in ("agrees", "disagrees", "inconclusive"))
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     assert [str(f) for f in files] == ["index.html", "small/curves.png", "small/trend.png"]
     for f in files:
@@ -221,16 +220,43 @@ def test_the_report_is_rebuilt_byte_for_byte_from_the_store(tmp_path, capsys):
     assert page.count("data:image/png;base64,") == 2 and "batch_size=16" in page and "larger B ends lower" in page
 
 
-def test_findings_are_checked_against_the_runs():
+def seeded(metric: str, values: list[float], **extra) -> dict:
+    """A summary whose seeds (0, 1, ...) have the given values of a top-level metric; the run's is their mean."""
+    return {metric: sum(values) / len(values), **extra,
+            "per_seed": [{"seed": seed, metric: value} for seed, value in enumerate(values)]}
+
+
+def test_a_trend_agrees_or_disagrees_only_where_the_seeds_resolve_it():
     from vaeconverge.report.findings import check
     from vaeconverge.sweeps import Finding
 
     falling = Finding("s", "grad_sq_norm", "decreasing")
-    assert check(falling, ["a", "b"], [{"grad_sq_norm": 2.0}, {"grad_sq_norm": 1.0}]).agrees is True
-    assert check(falling, ["a", "b"], [{"grad_sq_norm": 1.0}, {"grad_sq_norm": 2.0}]).agrees is False
-    assert check(falling, ["a", "b"], [{"grad_sq_norm": 1.0}, None]).agrees is None
+    down = [seeded("grad_sq_norm", [2.0, 2.2, 1.9, 2.1]), seeded("grad_sq_norm", [1.0, 1.3, 1.1, 0.9])]
+    assert check(falling, ["a", "b"], down).agrees is True
+    assert check(falling, ["a", "b"], down[::-1]).agrees is False
+    # the means fall, but one seed rises as much as the others fall: unresolved
+    mixed = [seeded("grad_sq_norm", [2.0, 1.0, 2.0, 1.0]), seeded("grad_sq_norm", [1.0, 2.0, 1.5, 0.9])]
+    verdict = check(falling, ["a", "b"], mixed)
+    assert verdict.agrees is None and verdict.word == "inconclusive" and "interval" in verdict.detail
+    # one seed cannot resolve a trend, however large
+    assert check(falling, ["a", "b"], [{"grad_sq_norm": 2.0}, {"grad_sq_norm": 1.0}]).agrees is None
+    assert check(falling, ["a", "b"], [down[0], None]).agrees is None
+    flagged = check(falling, ["a", "b"], [down[0], {**down[1], "collapsed": True}])
+    assert "collapsed runs" in flagged.detail and flagged.detail.endswith("b")
+
+
+def test_lowest_at_is_paired_by_seed():
+    from vaeconverge.report.findings import check
+    from vaeconverge.sweeps import Finding
+
     lowest = Finding("s", "objective", "lowest-at", at="b")
-    assert check(lowest, ["a", "b", "c"], [{"objective": v} for v in (3.0, 1.0, 2.0)]).agrees is True
+    runs = [seeded("objective", [3.0, 3.1, 2.9]), seeded("objective", [1.0, 1.1, 0.9]),
+            seeded("objective", [2.0, 2.2, 1.9])]
+    assert check(lowest, ["a", "b", "c"], runs).agrees is True
+    assert check(lowest, ["b", "a", "c"], runs).agrees is False  # "b" is now the highest
+    # c's seeds share a level with b's seed by seed, offset both ways: unresolved against c
+    close = [runs[0], runs[1], seeded("objective", [1.2, 0.9, 1.0])]
+    assert check(lowest, ["a", "b", "c"], close).agrees is None
     holds = Finding("s", "bound.holds", "all-true")
     assert check(holds, ["a", "b"], [{"bound": {"holds": True}}, {"bound": {"holds": False}}]).agrees is False
 

@@ -5,9 +5,9 @@ The user keeps their model, loss and loop. The monitor is given the model, a los
 mean over all the data) and the data (a tensor, split into chunks, or any re-iterable such as a DataLoader,
 whose batches reach ``loss_fn`` exactly as yielded). After every ``optimizer.step()`` it counts the
 iteration, reads the step size used and the minibatch gradient's squared norm from ``.grad`` (no extra
-backward pass); at checkpoints it computes the full objective and its gradient's squared norm with one pass
-over the data. The end of the run gives what ``train`` gives: random iterate, rate, constants and the bound
-for the optimizer in use, and the same metrics.csv, summary.json and convergence.png.
+backward pass); at checkpoints it computes the full objective and the unbiased squared norm of its gradient
+from two independent passes over the data. The end of the run gives what ``train`` gives: random iterate,
+rate, constants and the bound for the optimizer in use, and the same metrics.csv, summary.json and convergence.png.
 
 It never changes the training: gradients come from ``torch.autograd.grad`` with the parameters' ``.grad``
 set aside meanwhile, buffers (BatchNorm statistics) are restored after each evaluation, and the evaluations
@@ -32,7 +32,8 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.hooks import RemovableHandle
 
 from .config import ConfigError
-from .diagnostics import summed_gradient
+from .diagnostics import unbiased_squared_norm
+from .diagnostics.grad_norms import EVAL_GROUPS, add_to_group, evaluation_chunks
 from .engine.recorder import Recorder, Subject, diagnostics_seed
 from .optim import bound_family
 from .optim import recognise_optimizer as optimizer_name
@@ -78,31 +79,43 @@ class _UserLoop(Subject):
         self.n_examples = self.dim = 0
 
     def measure(self) -> list[dict[str, float]]:
-        """The full objective and its gradient's squared norm: ``eval_samples`` passes over the data, the
-        objective being the mean of every loss seen (also sets ``n_examples`` and ``dim``)."""
-        counts: list[int] = []
-        dims: list[int] = []
+        """The full objective and the unbiased squared norm of its gradient (``diagnostics/squared_norm.py``): two
+        independent replicates of ``eval_samples`` passes over the data, every pass in one order (a shuffling
+        DataLoader is rewound), the batches dealt into :data:`EVAL_GROUPS` groups; the objective is the mean of
+        every loss seen (also sets ``n_examples`` and ``dim``)."""
         seed = diagnostics_seed(self.seeds[0])
-
-        def losses() -> Iterator[Tensor]:
-            for draw in range(self.eval_samples):
-                batches = self._batches()
-                if draw == 0:  # after a DataLoader's iterator drew its base seed: the same noise as over a tensor
-                    torch.manual_seed(seed)
-                for batch in batches:
-                    values = self._losses(batch)
-                    counts.append(len(values))
-                    if not dims:
-                        first = batch if isinstance(batch, Tensor) else _first_tensor(batch)
-                        dims.append(first[0].numel())
-                    yield values.sum()
-
+        count, dims = 0, []
+        value = torch.zeros((), dtype=torch.float64)
         with self._isolated(seed):
-            value, total = summed_gradient(self.params, losses())
-        count = sum(counts)
-        self.n_examples, self.dim = count // self.eval_samples, dims[0]
-        grad_sq_norm = torch.nn.utils.get_total_norm(total).square().item() / count**2
-        return [{"objective": value.item() / count, "grad_sq_norm": grad_sq_norm, "log_likelihood": math.nan}]
+            order = torch.get_rng_state(), [g.get_state() for g in self._data_generators()]
+            noise: Tensor | None = None
+            terms = []
+            for _ in range(2):
+                groups: list[Tensor] = []
+                for _ in range(self.eval_samples):
+                    batches = self._batches(order)
+                    if noise is None:
+                        torch.manual_seed(seed)  # after a DataLoader drew its base seed: as over a tensor
+                    else:
+                        torch.set_rng_state(noise)
+                    for c, batch in batches:
+                        losses = self._losses(batch)
+                        grads = torch.autograd.grad(losses.sum(), self.params, allow_unused=True,
+                                                    materialize_grads=True)
+                        flat = torch.cat([g.reshape(-1) for g in grads])
+                        add_to_group(groups, c, flat)
+                        value += losses.detach().double().sum().cpu()
+                        count += len(losses)
+                        if not dims:
+                            dims.append((batch if isinstance(batch, Tensor) else _first_tensor(batch))[0].numel())
+                    noise = torch.get_rng_state()
+                terms.append(torch.stack(groups))
+        per_replicate = count // 2
+        estimate = unbiased_squared_norm(*(t / per_replicate for t in terms))
+        self.n_examples, self.dim = per_replicate // self.eval_samples, dims[0]
+        return [{"objective": value.item() / count, "grad_sq_norm": estimate.value.item(),
+                 "grad_sq_norm_se": estimate.se.item(), "grad_sq_norm_biased": estimate.biased.item(),
+                 "log_likelihood": math.nan}]
 
     @contextlib.contextmanager
     def probing(self, t: int, seed: int) -> Iterator[None]:
@@ -145,9 +158,22 @@ class _UserLoop(Subject):
     def _snapshot(self) -> dict[str, Tensor]:
         return {name: p.detach() for name, p in zip(self._names, self.params, strict=True)}
 
-    def _batches(self) -> Iterator[Any]:
-        """The data once: chunks of a tensor, or the batches of a DataLoader as it yields them."""
-        return iter(self.data.split(self.chunk_size) if isinstance(self.data, Tensor) else self.data)
+    def _batches(self, order: tuple[Tensor, list[Tensor]]) -> Iterator[tuple[int, Any]]:
+        """The data once, each batch with its group: a tensor in chunks as ``train`` splits it
+        (:func:`~vaeconverge.diagnostics.grad_norms.evaluation_chunks`), or the batches of a DataLoader dealt round
+        the groups alike, in the order that the global RNG state and the data's generators' states ``order`` give."""
+        if isinstance(self.data, Tensor):
+            return evaluation_chunks(self.data, self.chunk_size)
+        torch.set_rng_state(order[0])
+        for g, state in zip(self._data_generators(), order[1], strict=True):
+            g.set_state(state)
+        return ((b % EVAL_GROUPS, batch) for b, batch in enumerate(self.data))
+
+    def _data_generators(self) -> list[torch.Generator]:
+        """The generators a DataLoader shuffles with, if it has its own."""
+        return [g for g in (getattr(self.data, "generator", None),
+                            getattr(getattr(self.data, "sampler", None), "generator", None))
+                if isinstance(g, torch.Generator)]
 
     @contextlib.contextmanager
     def _isolated(self, seed: int) -> Iterator[None]:
@@ -155,9 +181,7 @@ class _UserLoop(Subject):
         every RNG state (global, the data's own generators) and buffer it may touch restored afterwards."""
         grads = [p.grad for p in self.params]
         buffers = [b.clone() for b in self.model.buffers()]
-        generators = [g for g in (getattr(self.data, "generator", None),
-                                  getattr(getattr(self.data, "sampler", None), "generator", None))
-                      if isinstance(g, torch.Generator)]
+        generators = self._data_generators()
         states = [g.get_state() for g in generators]
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         try:

@@ -2,7 +2,8 @@
 full-objective gradient at checkpoints, the random iterate, the rate, the constants and the bound.
 
 The full objective is the negative ELBO (or importance-weighted bound) over *all* data, estimated with
-``eval_samples`` Monte Carlo groups of K samples from the diagnostics' own seeded stream; it is a loss of the
+two independent replicates of ``eval_samples`` Monte Carlo groups of K samples from the diagnostics' own seeded
+stream (their gradients' inner product is the unbiased squared norm); it is a loss of the
 whole posterior, not divided by N, so that it can be compared with the exact log evidence -log p(data).
 """
 
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..data import PermutationBatches
-from ..diagnostics import replica_squared_norms
+from ..diagnostics import replica_squared_norms, unbiased_squared_norm
+from ..diagnostics.grad_norms import EVAL_GROUPS
 from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import run_steps
 from ..engine.recorder import Recorder, Subject, diagnostics_seed
@@ -84,16 +86,32 @@ class _Replicas(Subject):
         self.dim, self.n = loss.target.dim, loss.target.n_data
 
     def _eval_noise(self, seed: int) -> Tensor:
-        return _noise(torch.Generator().manual_seed(diagnostics_seed(seed)), self.config.eval_samples,
-                      self.config.samples, self.dim)
+        """The checkpoints' noise, (2, eval_samples, K, dim): two independent replicates of ``eval_samples``
+        groups of K samples."""
+        noise = _noise(torch.Generator().manual_seed(diagnostics_seed(seed)), 2 * self.config.eval_samples,
+                       self.config.samples, self.dim)
+        return noise.reshape(2, self.config.eval_samples, self.config.samples, self.dim)
 
     def measure(self) -> list[dict[str, float]]:
-        eps = torch.stack([self._eval_noise(seed) for seed in self.seeds])  # common random numbers
-        value = self.loss(eps)
-        grads = torch.autograd.grad(value.sum(), self.params)
-        evidence = self.loss.target.log_evidence
-        return [{"objective": v, "grad_sq_norm": g, "log_likelihood": math.nan if evidence is None else evidence}
-                for v, g in zip(value.tolist(), replica_squared_norms(grads).tolist(), strict=True)]
+        """The full objective and the unbiased squared norm of its gradient (``diagnostics/squared_norm.py``):
+        each replicate's noise groups split into :data:`EVAL_GROUPS` parts, one gradient each."""
+        eps = torch.stack([self._eval_noise(seed) for seed in self.seeds], dim=1)  # common random numbers
+        groups = min(EVAL_GROUPS, self.config.eval_samples)
+        terms, value = [], 0.0
+        for replicate in eps:
+            parts = []
+            for part in replicate.tensor_split(groups, dim=1):
+                loss = self.loss(part) * (part.shape[1] / (2 * self.config.eval_samples))
+                grads = torch.autograd.grad(loss.sum(), self.params)
+                parts.append(torch.cat([g.reshape(len(self.seeds), -1) for g in grads], dim=1))
+                value = value + loss.detach()
+            terms.append(torch.stack(parts) * 2)  # each replicate on its own estimates the whole gradient
+        estimate = unbiased_squared_norm(*terms)
+        evidence = math.nan if self.loss.target.log_evidence is None else self.loss.target.log_evidence
+        return [{"objective": v, "grad_sq_norm": g, "grad_sq_norm_se": se, "grad_sq_norm_biased": b,
+                 "log_likelihood": evidence}
+                for v, g, se, b in zip(value.tolist(), estimate.value.tolist(), estimate.se.tolist(),
+                                       estimate.biased.tolist(), strict=True)]
 
     def _replica_loss(self, t: int) -> tuple[Callable[..., Tensor], dict[str, Tensor]]:
         params = {name: p[t:t + 1].detach() for name, p in self.loss.named_parameters()}
@@ -107,7 +125,7 @@ class _Replicas(Subject):
                          ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor]]:
         """The full objective under the first groups of the checkpoints' own noise."""
         loss, params = self._replica_loss(t)
-        eps = self._eval_noise(self.seeds[t])[:SMOOTHNESS_GROUPS]
+        eps = self._eval_noise(self.seeds[t])[0, :SMOOTHNESS_GROUPS]
         return (lambda p: loss(p, eps)), params
 
     def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> Tensor:

@@ -23,6 +23,7 @@ from ..theory.bounds import (
     sgd_constant_bound,
     sgd_decreasing_bound,
 )
+from .readings import rate_text
 
 
 def _constants(option: str, run_dir: Path, summary: dict[str, Any]) -> Constants:
@@ -44,7 +45,7 @@ def bound_from_run(run_dir: Path, compare: Path | None = None) -> dict[str, Any]
     summary.update(assessment.summary)
     metrics = assessment.apply(metrics)
     atomic_write(Path(run_dir) / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp))
-    keys = ("constants", "bound", "random_iterate", "rate_slope", "rate", "paper_shape")
+    keys = ("constants", "bound", "random_iterate", "rate_slope", "rate_ci", "rate", "paper_shape")
     report = {key: summary[key] for key in keys}
     report = {"run": str(run_dir), "steps": summary["steps"], "optimizer": config.optimizer, **report}
     if compare is not None:
@@ -103,10 +104,8 @@ def format_report(report: dict[str, Any]) -> str:
         ri = report["random_iterate"]
         lines.append(f"  measured: step-weighted random iterate E||grad||^2 = {ri['step_weighted_mean']:.4g}, "
                      f"uniform {ri['uniform_mean']:.4g}, running minimum {ri['running_min']:.4g}")
-        rate = report.get("rate")
-        if rate:
-            lines.append(f"  rate: slope {rate['slope']:.3f} +- {rate['stderr']:.3f} over steps "
-                         f"{rate['first_step']}..{rate['last_step']}: {rate['regime']}")
+        if report.get("rate"):
+            lines.append(f"  rate: {rate_text(report['rate'])}")
     else:
         lines.append("inputs: " + ", ".join(f"{k} = {v}" for k, v in report["inputs"].items()))
     shape = report.get("paper_shape")
@@ -133,3 +132,4 @@ def format_report(report: dict[str, Any]) -> str:
                      f"x{cmp['measured_noise_ratio']:.3g}, squared-gradient-norm floor "
                      f"x{cmp['measured_floor_ratio']:.3g} (last quarter of each run)")
     return "\n".join(lines)
+

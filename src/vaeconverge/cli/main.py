@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .. import config as cfg
 from ..config import ConfigError, RunConfig, SyntheticConfig
 from ..runtime import available_cores
+from .readings import grad_text, rate_text
 
 if TYPE_CHECKING:
     from ..sweeps import Executor, Store
@@ -178,7 +179,8 @@ def _run_bbvi(args: argparse.Namespace) -> int:
     gap = "" if s.get("evidence_gap") is None else f", gap to log evidence {s['evidence_gap']:.4g}"
     seeds_text = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""
     print(f"{s['steps']} steps{seeds_text} in {s['seconds']:.1f}s: objective {s['objective']:.6g}, "
-          f"grad_sq_norm {s['grad_sq_norm']:.4g}{gap}; wrote {out}")
+          f"{grad_text(s)}{gap}; wrote {out}")
+    print(f"  rate: {rate_text(s['rate'])}")
     return 0
 
 
@@ -474,7 +476,8 @@ def _run_train(args: argparse.Namespace) -> int:
     state = " (interrupted)" if s["interrupted"] else ""
     seeds = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""
     print(f"{s['steps']} steps{seeds} in {s['seconds']:.1f}s{state}: objective {s['objective']:.6g}, "
-          f"grad_sq_norm {s['grad_sq_norm']:.4g}, log_likelihood {log_lik}; wrote {out}")
+          f"{grad_text(s)}, log_likelihood {log_lik}; wrote {out}")
+    print(f"  rate: {rate_text(s['rate'])}")
     return 0
 
 

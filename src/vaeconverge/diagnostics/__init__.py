@@ -14,25 +14,30 @@ from .grad_norms import (
     replica_squared_norms,
     summed_gradient,
 )
+from .posterior import PosteriorUsage, posterior_usage
 from .random_iterate import RandomIterate, random_iterate
-from .rate import RateFit, fit_rate, slope_interval
+from .rate import RateFit, Regime, classify, fit_rate, mean_interval
 from .squared_norm import SquaredNormEstimate, unbiased_squared_norm
 
 __all__ = [
     "FullGradient",
     "GradientNoise",
     "GradientNormTracker",
+    "PosteriorUsage",
     "RandomIterate",
     "RateFit",
+    "Regime",
     "SquaredNormEstimate",
+    "classify",
     "fit_rate",
     "full_objective_gradient",
     "gradient_noise",
     "hvp_power_iteration",
+    "mean_interval",
     "noise_from_gradients",
+    "posterior_usage",
     "random_iterate",
     "replica_squared_norms",
-    "slope_interval",
     "smoothness",
     "summed_gradient",
     "unbiased_squared_norm",

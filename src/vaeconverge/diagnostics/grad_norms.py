@@ -14,6 +14,7 @@ import torch
 
 from ..data.storage import as_float
 from ..objectives import Objective, draw_noise
+from .squared_norm import unbiased_squared_norm
 
 
 class Replicas(Protocol):
@@ -30,13 +31,24 @@ class Replicas(Protocol):
 
     def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
+    def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+
+# Each replicate of the full gradient is summed over this many groups of examples, whose differences between
+# the replicates give the standard error of the squared norm (diagnostics/squared_norm.py).
+EVAL_GROUPS = 8
+
 
 @dataclass(frozen=True)
 class FullGradient:
-    """Per replica: the full objective (average negative objective per example) and its gradient's squared norm."""
+    """Per replica: the full objective (average negative objective per example, over both replicates) and the
+    squared norm of its gradient: ``grad_sq_norm`` unbiased, its standard error ``grad_sq_norm_se``, and
+    ``grad_sq_norm_biased``, the squared norm of one replicate (what a single evaluation reports)."""
 
     objective: list[float]
     grad_sq_norm: list[float]
+    grad_sq_norm_se: list[float]
+    grad_sq_norm_biased: list[float]
 
 
 def full_objective_gradient(
@@ -46,26 +58,50 @@ def full_objective_gradient(
     generators: Sequence[torch.Generator],
     chunk_size: int = 2048,
 ) -> FullGradient:
-    """Gradient of L(theta) = -(1/N) sum_i objective(x_i) over *all* N examples, for every replica, averaged
-    over ``eval_samples`` independent Monte Carlo draws of the objective's K-sample noise.
+    """||grad L(theta)||^2 for L(theta) = -(1/N) sum_i objective(x_i) over *all* N examples, for every replica,
+    estimated without bias from two independent replicates of the Monte Carlo gradient, each averaging
+    ``eval_samples`` draws of the objective's K-sample noise per example.
 
-    Replica t draws its noise from ``generators[t]`` alone, so its value does not depend on the others.
-    Uses ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. The squared norm of a
-    Monte Carlo gradient overestimates the exact one by its variance / eval_samples. ``x`` as stored: uint8
-    pixels are converted one chunk at a time.
+    The data are split into chunks (see :func:`evaluation_chunks`), each chunk's gradient going to its group, so
+    the cost is two passes of ``eval_samples`` draws over the data. Replica t draws its noise from
+    ``generators[t]`` alone, so its value does not depend on the others. Uses ``torch.autograd.grad``: the
+    parameters' ``.grad`` fields are left untouched. ``x`` as stored: uint8 pixels are converted a chunk at a time.
     """
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
-
-    def chunk_losses() -> Iterator[torch.Tensor]:
+    params = replicas.parameters()
+    terms, value = [], torch.zeros(len(generators), dtype=torch.float64)
+    for _ in range(2):
+        groups: list[torch.Tensor] = []
         for _ in range(eval_samples):
-            for chunk in map(as_float, x.split(chunk_size)):
+            for c, chunk in evaluation_chunks(x, chunk_size):
+                chunk = as_float(chunk)
                 eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, chunk.dtype)
                                    for g in generators])
-                yield -replicas(chunk, eps).sum(-1) * scale
+                loss = -replicas(chunk, eps).sum(-1) * scale
+                grads = torch.autograd.grad(loss.sum(), params, allow_unused=True, materialize_grads=True)
+                add_to_group(groups, c, replicas.flatten(grads))
+                value += loss.detach().double()
+        terms.append(torch.stack(groups))
+    estimate = unbiased_squared_norm(*terms)
+    return FullGradient(objective=(value / 2).tolist(), grad_sq_norm=estimate.value.tolist(),
+                        grad_sq_norm_se=estimate.se.tolist(), grad_sq_norm_biased=estimate.biased.tolist())
 
-    value, total = summed_gradient(replicas.parameters(), chunk_losses())
-    return FullGradient(objective=value.tolist(), grad_sq_norm=replicas.squared_norms(total).tolist())
+
+def evaluation_chunks(data: torch.Tensor, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """The chunks of a full-data evaluation with their groups: ``data`` split into chunks of at most
+    ``chunk_size`` examples, and small enough that there are :data:`EVAL_GROUPS` of them where there are as many
+    examples, chunk j going to group j mod :data:`EVAL_GROUPS`."""
+    size = max(min(chunk_size, -(-len(data) // EVAL_GROUPS)), 1)
+    return ((j % EVAL_GROUPS, chunk) for j, chunk in enumerate(data.split(size)))
+
+
+def add_to_group(groups: list[torch.Tensor], group: int, term: torch.Tensor) -> None:
+    """Accumulate ``term`` into ``groups[group]``, opening the group where it is the next one (in place)."""
+    if group == len(groups):
+        groups.append(term)
+    else:
+        groups[group] += term
 
 
 def summed_gradient(params: Sequence[torch.Tensor], losses: Iterable[torch.Tensor]

@@ -32,11 +32,18 @@ def seed_mean(metrics: Sequence[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: float(np.mean([rows[s][k] for rows in rows_at])) for k in keys} for s in steps]
 
 
+def seed_matrix(metrics: Sequence[dict[str, float]], key: str) -> tuple[list[float], np.ndarray]:
+    """The steps every seed reached, and column ``key`` at them as an array (seeds x steps)."""
+    steps, rows_at = _aligned(metrics)
+    return steps, np.array([[rows[s][key] for s in steps] for rows in rows_at], dtype=np.float64).reshape(
+        len(rows_at), len(steps))
+
+
 def bands(metrics: Sequence[dict[str, float]], key: str) -> dict[str, list[float]]:
     """Per step over seeds: ``step``, ``mean``, ``std`` (ddof 1; NaN for one seed) and the quantiles
     ``q10``, ``q50``, ``q90`` of column ``key``."""
-    steps, rows_at = _aligned(metrics)
-    values = np.array([[rows[s][key] for rows in rows_at] for s in steps], dtype=np.float64).reshape(len(steps), -1)
+    steps, matrix = seed_matrix(metrics, key)
+    values = matrix.T
     std = values.std(axis=1, ddof=1) if values.shape[1] > 1 else np.full(len(steps), math.nan)
     out = {"step": list(steps), "mean": values.mean(axis=1).tolist(), "std": std.tolist()}
     for q in QUANTILES:

@@ -8,7 +8,6 @@ term cancels) give the estimate's standard error.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,33 +16,37 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class SquaredNormEstimate:
-    """``value``: <g_1, g_2>, unbiased for ||E g||^2 (it can be negative when the gradient is small next to its
-    noise); ``se``: its Monte Carlo standard error (an estimate); ``biased``: ||(g_1 + g_2) / 2||^2, the squared
-    norm of the two replicates' mean, which exceeds ||E g||^2 by trace(Cov g) / 2 in expectation."""
+    """Per estimate (the leading shape of the replicates' terms, e.g. one per replica):
 
-    value: float
-    se: float
-    biased: float
+    ``value``: <g_1, g_2>, unbiased for ||E g||^2 (it can be negative when the gradient is small next to its
+    noise); ``se``: its Monte Carlo standard error (an estimate; NaN with a single group); ``biased``: the mean
+    of ||g_1||^2 and ||g_2||^2, what one replicate alone reports, which exceeds ||E g||^2 by trace(Cov g).
+    """
+
+    value: Tensor
+    se: Tensor
+    biased: Tensor
 
 
 def unbiased_squared_norm(first: Tensor, second: Tensor) -> SquaredNormEstimate:
     """The estimate of ||E g||^2 from two independent replicates of g = sum_c x_c given by their groups' terms,
-    ``first`` and ``second`` of shape (groups, P) (group c of both replicates covers the same examples).
+    ``first`` and ``second`` of shape (groups, ..., P) (group c of both replicates covers the same examples);
+    the estimates have the shape ``...``, computed in float64.
 
     Given the parameters, Var <g_1, g_2> = 2 mu^T C mu + trace(C^2), with mu = E g and C = Cov g = sum_c C_c.
     The groups' differences d_c are independent of the replicates' mean g_bar = mu + e (Gaussian noise; merely
     uncorrelated otherwise) with E[d_c d_c^T] = 2 C_c, so E sum_c <g_bar, d_c>^2 = 2 mu^T C mu + 2 trace(Cov(e) C)
     = 2 mu^T C mu + trace(C^2): the variance, estimated without bias from ``groups`` >= 2 independent terms.
     """
-    if first.shape != second.shape or first.dim() != 2:
-        raise ValueError(f"need two (groups, P) tensors of one shape, got {tuple(first.shape)} and "
+    if first.shape != second.shape or first.dim() < 2:
+        raise ValueError(f"need two (groups, ..., P) tensors of one shape, got {tuple(first.shape)} and "
                          f"{tuple(second.shape)}")
-    groups = len(first)
-    if groups < 2:
-        raise ValueError(f"need at least 2 groups for the standard error, got {groups}")
     first, second = first.double(), second.double()
     g1, g2 = first.sum(0), second.sum(0)
     mean = (g1 + g2) / 2
-    variance = ((first - second) @ mean).square().sum().item()
-    return SquaredNormEstimate(value=torch.dot(g1, g2).item(), se=math.sqrt(variance),
-                               biased=mean.square().sum().item())
+    if len(first) < 2:
+        se = torch.full(g1.shape[:-1], float("nan"), dtype=torch.float64)
+    else:
+        se = ((first - second) * mean).sum(-1).square().sum(0).sqrt()
+    return SquaredNormEstimate(value=(g1 * g2).sum(-1), se=se,
+                               biased=(g1.square().sum(-1) + g2.square().sum(-1)) / 2)

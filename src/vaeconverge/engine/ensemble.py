@@ -85,6 +85,10 @@ class Ensemble(ABC):
         """Squared Euclidean norm (T,) of each replica's gradient; ``grads`` match :meth:`parameters`."""
 
     @abstractmethod
+    def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each replica's gradient as one vector, (T, P) (any padding zero); ``grads`` match :meth:`parameters`."""
+
+    @abstractmethod
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         """Multiply each replica's gradient by its factor (T,), in place."""
 
@@ -141,6 +145,9 @@ class VectorisedEnsemble(Ensemble):
     def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return replica_squared_norms(grads)
 
+    def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(grads), dim=1)
+
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         for g in grads:
             g.mul_(factors.view(-1, *([1] * (g.dim() - 1))))
@@ -180,6 +187,9 @@ class LoopedEnsemble(Ensemble):
     def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack([torch.stack(torch._foreach_norm(list(own))).square().sum()
                             for own in self._by_replica(grads)])
+
+    def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([torch.cat([g.reshape(-1) for g in own]) for own in self._by_replica(grads)])
 
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         for own, factor in zip(self._by_replica(grads), factors, strict=True):

@@ -46,9 +46,13 @@ METRIC_COLUMNS = (
     "lr",
     "objective",
     "grad_sq_norm",
+    "grad_sq_norm_se",
+    "grad_sq_norm_biased",
     "batch_grad_sq_norm",
     "paper_proxy",
     "log_likelihood",
+    "kl",
+    "active_units",
     "random_iterate",
     "bound",
     "seconds",
@@ -76,7 +80,7 @@ def probe_seed(seed: int, step: int) -> int:
 
 def default_eval_points(steps: int, batch_size: int, n_examples: int, eval_samples: int) -> int:
     """How many checkpoints :data:`CHECKPOINT_BUDGET` affords a run of ``steps`` steps of ``batch_size``."""
-    affordable = CHECKPOINT_BUDGET * steps * batch_size / (n_examples * eval_samples)
+    affordable = CHECKPOINT_BUDGET * steps * batch_size / (2 * n_examples * eval_samples)  # two replicates
     return int(min(max(round(affordable), CHECKPOINTS_MIN), CHECKPOINTS_MAX))
 
 
@@ -96,47 +100,49 @@ def evaluation_steps(steps: int, every: int | None, points: int) -> frozenset[in
 
 @dataclass(frozen=True)
 class Probe:
-    """Constants measured at one point of the trajectory of one replica."""
+    """Constants measured at one point of the trajectory of the replica of ``seed``."""
 
     L: float
     noise: GradientNoise
     weight_bound: float
+    seed: int = 0
+
+
+def probe_maxima(probes: Sequence[Probe]) -> dict[str, float]:
+    """The largest L, noise components and weight seen over ``probes``: what the bounds take."""
+    return {"L": max(p.L for p in probes), "sigma2_x": max(p.noise.sigma2_x for p in probes),
+            "sigma2_eps": max(p.noise.sigma2_eps for p in probes), "R": max(p.noise.R for p in probes),
+            "a": max(p.weight_bound for p in probes)}
 
 
 def constants_from_probes(probes: Sequence[Probe], start: float, best: float, reference: str, d: int,
                           batch_size: int, samples: int) -> Constants:
-    """The largest L, noise and weight seen over ``probes``, and delta = ``start`` - ``best`` (at least 0),
-    the objective at initialisation minus the best value known (described by ``reference``)."""
-    return Constants(
-        L=max(p.L for p in probes),
-        sigma2_x=max(p.noise.sigma2_x for p in probes),
-        sigma2_eps=max(p.noise.sigma2_eps for p in probes),
-        R=max(p.noise.R for p in probes),
-        a=max(p.weight_bound for p in probes),
-        delta=max(start - best, 0.0),
-        d=d,
-        batch_size=batch_size,
-        samples=samples,
-        delta_reference=reference,
-    )
+    """:func:`probe_maxima` over ``probes``, and delta = ``start`` - ``best`` (at least 0), the objective at
+    initialisation minus the best value known (described by ``reference``)."""
+    return Constants(**probe_maxima(probes), delta=max(start - best, 0.0), d=d, batch_size=batch_size,
+                     samples=samples, delta_reference=reference)
 
 
 class Subject(ABC):
     """What a kind of run plugs into the :class:`Recorder`: its replicas' seeds, their minibatch (B, K), and
     how to measure them. ``examples_per_row`` is the number of examples one row of :meth:`gradient_draws`
-    covers (1: per-example gradients; B: minibatch gradients whose examples share one noise draw)."""
+    covers (1: per-example gradients; B: minibatch gradients whose examples share one noise draw); ``estimator``
+    says how :meth:`measure` reads ||grad L||^2."""
 
     seeds: Sequence[int]
     batch_size: int
     samples: int
     parameters: int  # trained parameters per replica
     examples_per_row: int = 1
+    estimator: str = "unbiased"  # how measure() reads ||grad L||^2: the summary's grad_sq_norm_estimator
 
     @abstractmethod
     def measure(self) -> list[dict[str, float]]:
         """Per replica, at the current parameters, with the noise of :func:`diagnostics_seed`: the full
-        ``objective`` (to be minimised), its gradient's ``grad_sq_norm`` and the exact ``log_likelihood``
-        (NaN where there is no closed form)."""
+        ``objective`` (to be minimised), its gradient's squared norm (``grad_sq_norm``, unbiased, with its standard
+        error ``grad_sq_norm_se`` and the single-replicate ``grad_sq_norm_biased``) and the exact
+        ``log_likelihood`` (NaN where there is no closed form); optionally the encoder's ``kl`` and
+        ``active_units`` (``diagnostics/posterior.py``), NaN where absent."""
 
     @abstractmethod
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
@@ -176,6 +182,7 @@ class RunSummary:
     parameters: int
     constants: Constants | None
     assessment: dict[str, Any]
+    grad_sq_norm_estimator: str = "unbiased"
     extras: dict[str, Any] = field(default_factory=dict)
     torch: str = torch.__version__
 
@@ -195,6 +202,7 @@ class RunSummary:
             "parameters": self.parameters,
             "torch": self.torch,
             "constants": None if self.constants is None else self.constants.to_dict(),
+            "grad_sq_norm_estimator": self.grad_sq_norm_estimator,
             **self.assessment,
             **self.extras,
         }
@@ -244,8 +252,9 @@ class Recorder:
                 if self.strict:
                     raise TrainingDiverged(step, seed)
                 warnings.warn(f"the full objective is not finite at step {step}", stacklevel=3)
-            full = row | {"seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": window,
-                          "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
+            full = {"kl": math.nan, "active_units": math.nan} | row | {
+                "seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": window,
+                "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
             rows.append({key: full[key] for key in METRIC_COLUMNS})
         if step in self.probe_steps and all(math.isfinite(row["objective"]) for row in rows):
             self.probes.extend(self.probe(t, step) for t in range(len(self.subject.seeds)))
@@ -265,7 +274,7 @@ class Recorder:
         noise = noise_from_gradients(grads, self.subject.batch_size, self.subject.samples, generator,
                                      examples_per_row=self.subject.examples_per_row)
         weight_bound = max(p.detach().abs().max().item() for p in self.subject.weights(t))
-        return Probe(L=L, noise=noise, weight_bound=weight_bound)
+        return Probe(L=L, noise=noise, weight_bound=weight_bound, seed=self.subject.seeds[t])
 
     def constants(self) -> Constants | None:
         """The constants over every probe so far (None without probes), delta against the best objective known."""
@@ -283,6 +292,10 @@ class Recorder:
         constants = self.constants()
         assessment = assess_run(run, self.metrics, constants, batches_per_epoch, gammas)
         self.metrics = assessment.apply(self.metrics)
+        for entry in assessment.summary["per_seed"]:  # each seed's own constants, for findings paired by seed
+            own = [p for p in self.probes if p.seed == entry["seed"]]
+            entry["constants"] = probe_maxima(own) if own else None
         return RunSummary(config=config, seeds=list(self.subject.seeds), steps=int(self.metrics[-1]["step"]),
                           seconds=time.perf_counter() - self.start, interrupted=interrupted, data=data,
-                          parameters=self.subject.parameters, constants=constants, assessment=assessment.summary)
+                          parameters=self.subject.parameters, constants=constants, assessment=assessment.summary,
+                          grad_sq_norm_estimator=self.subject.estimator)

@@ -15,9 +15,10 @@ from ..config import RunConfig
 from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import full_objective_gradient
 from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
+from ..diagnostics.posterior import posterior_usage
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
-from ..objectives import OBJECTIVES, build_objective, draw_noise
+from ..objectives import ELBO, OBJECTIVES, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
 from ..runtime import flush_denormals, intra_op_threads
 from .checkpoint import FORMAT, save_checkpoint
@@ -54,7 +55,8 @@ class TrainResult:
 
 class EnsembleSubject(Subject):
     """The replicas of a VAE ensemble as the recorder measures them: full-data gradients of the value of the
-    objective, and per-example gradients of one replica (``diagnostics/constants.py``)."""
+    objective (exact for a Linear VAE's ELBO), the encoder's use of the latent space, and per-example gradients
+    of one replica (``diagnostics/constants.py``)."""
 
     def __init__(self, ensemble: Ensemble, dataset: Dataset, config: RunConfig) -> None:
         self.ensemble, self.x, self.config = ensemble, dataset.x, config
@@ -62,18 +64,38 @@ class EnsembleSubject(Subject):
         self.batch_size, self.samples = config.batch_size, ensemble.objective.samples
         self.parameters = ensemble.parameters_per_replica
         self.linear = isinstance(ensemble.template, LinearVAE)
+        if self.linear and isinstance(ensemble.objective, ELBO):
+            self.estimator = "exact (the Linear VAE's ELBO in closed form)"
 
     def measure(self) -> list[dict[str, float]]:
         generators = [torch.Generator().manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
         full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators)
         rows = []
-        for t, (value, grad_sq_norm) in enumerate(zip(full.objective, full.grad_sq_norm, strict=True)):
-            log_likelihood = math.nan
-            if self.linear and math.isfinite(value):  # a diverged model has no usable closed forms
-                with torch.no_grad():
-                    log_likelihood = self.ensemble.replica(t).exact_log_prob(as_float(self.x)).mean().item()
-            rows.append({"objective": value, "grad_sq_norm": grad_sq_norm, "log_likelihood": log_likelihood})
+        for t in range(len(self.seeds)):
+            row = {"objective": full.objective[t], "grad_sq_norm": full.grad_sq_norm[t],
+                   "grad_sq_norm_se": full.grad_sq_norm_se[t], "grad_sq_norm_biased": full.grad_sq_norm_biased[t],
+                   "log_likelihood": math.nan, "kl": math.nan, "active_units": math.nan}
+            if math.isfinite(row["objective"]):  # a diverged model has no usable closed forms
+                model = self.ensemble.replica(t)
+                usage = posterior_usage(model, self.x)
+                row.update(kl=usage.kl, active_units=usage.active_units)
+                if self.linear:
+                    row.update(self._closed_forms(model))
+            rows.append(row)
         return rows
+
+    def _closed_forms(self, model: LinearVAE) -> dict[str, float]:
+        """The exact log-likelihood of a Linear VAE, and where the objective is its ELBO (whose expectation over
+        the noise is in closed form) the exact objective and gradient, with no Monte Carlo error."""
+        x = as_float(self.x)
+        with torch.no_grad():
+            out = {"log_likelihood": model.exact_log_prob(x).mean().item()}
+        if self.estimator.startswith("exact"):
+            loss = -model.exact_elbo(x, self.ensemble.objective.beta).mean()
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+            out |= {"objective": loss.item(), "grad_sq_norm": sum(g.square().sum() for g in grads).item(),
+                    "grad_sq_norm_se": 0.0}
+        return out
 
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
                          ) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], dict[str, torch.Tensor]]:

@@ -18,7 +18,7 @@ from .study import StudyRun, plot_curves, plot_trend
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
-.agrees{color:#176b1e}.disagrees{color:#a11}.undecided{color:#777}"""
+.agrees{color:#176b1e}.disagrees{color:#a11}.inconclusive{color:#777}"""
 
 
 def write_report(store: Store, out_dir: str | Path) -> tuple[Path, dict[str, Verdict | None]]:
@@ -56,7 +56,7 @@ def _section(spec: SweepSpec, runs: list[StudyRun], verdict: Verdict | None, fol
     for figure in ("curves.png", "trend.png"):
         data = base64.b64encode((folder / figure).read_bytes()).decode()
         parts.append(f"<img alt='{spec.name} {figure}' src='data:image/png;base64,{data}'>")
-    header = ("run", "status", "steps", "seeds", "final ||grad L||^2", "objective", "rate slope", "regime",
+    header = ("run", "status", "steps", "seeds", "final ||grad L||^2", "objective", "rate slope [interval]", "regime",
               "bound", "seconds")
     rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
     for run in runs:
@@ -69,12 +69,17 @@ def _cells(run: StudyRun) -> list[str]:
     s: dict[str, Any] = run.summary or {}
     rate = s.get("rate") or {}
     bound = s.get("bound") or {}
-    slope = f"{_number(rate.get('slope'), '.3f')} ± {_number(rate.get('stderr'), '.3f')}" if rate else ""
+    low, high = rate.get("ci") or (None, None)
+    interval = f" [{_number(low, '.2f')}, {_number(high, '.2f')}]" if _number(low) else ""
+    slope = f"{_number(rate.get('slope'), '.2f')}{interval}"
+    se = " (exact)" if s.get("grad_sq_norm_se") == 0 else f" ± {_number(s.get('grad_sq_norm_se'), '.2g')}"
+    regime = (rate.get("regime") or "").split(" (")[0] + (" (collapsed)" if s.get("collapsed")
+                                                           and rate.get("regime_name") != "collapsed" else "")
     holds = {True: "holds", False: "violated", None: "n/a"}[bound.get("holds")]
     bound_text = f"{_number(bound.get('value'), '.3g')} ({holds})" if bound.get("value") is not None else ""
     return [run.label, run.status, str(s.get("steps", "")), str(len(s.get("seeds", []))) if s else "",
-            _number(s.get("grad_sq_norm")), _number(s.get("objective")), slope,
-            (rate.get("regime") or "").split(" (")[0], bound_text, _number(s.get("seconds"), ".1f")]
+            _number(s.get("grad_sq_norm")) + (se if _number(s.get("grad_sq_norm")) else ""),
+            _number(s.get("objective")), slope, regime, bound_text, _number(s.get("seconds"), ".1f")]
 
 
 def _number(value: Any, spec: str = ".4g") -> str:

@@ -54,6 +54,11 @@ CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, seed, step);
 """
 
 
+# A store made before the unbiased squared-norm estimator lacks today's columns: opening it adds them, and its
+# grad_sq_norm (the single-replicate reading) moves to grad_sq_norm_biased, so that nothing stored is mislabelled.
+BIASED_ERA_NOTE = "biased: stored before the unbiased estimator (its reading is grad_sq_norm_biased); rerun to measure"
+
+
 class StoreError(RuntimeError):
     """The database cannot be used (not a vaeconverge store, or corrupt)."""
 
@@ -94,11 +99,32 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable vaeconverge store ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier version to today's metric columns, in one transaction (see
+        :data:`BIASED_ERA_NOTE`); its runs stay finished, their summaries say what their readings are."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(metrics)")}
+        missing = [column for column in METRIC_COLUMNS if column not in present]
+        if not missing:
+            return
+        with self._transaction() as db:
+            for column in missing:
+                db.execute(f"ALTER TABLE metrics ADD COLUMN {column} REAL")
+            if "grad_sq_norm_biased" in missing:
+                db.execute("UPDATE metrics SET grad_sq_norm_biased = grad_sq_norm, grad_sq_norm = NULL")
+                stored = list(db.execute("SELECT id, summary FROM runs WHERE summary IS NOT NULL"))
+                for run_id, summary in stored:
+                    values = json.loads(summary)
+                    for entry in (values, *(values.get("per_seed") or [])):
+                        entry["grad_sq_norm_biased"], entry["grad_sq_norm"] = entry.get("grad_sq_norm"), None
+                    values["grad_sq_norm_estimator"] = BIASED_ERA_NOTE
+                    db.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(values), run_id))
 
     def __enter__(self) -> Store:
         return self

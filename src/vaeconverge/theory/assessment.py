@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics.random_iterate import random_iterate, weighted_mean_curve
-from ..diagnostics.rate import fit_rate, tail_mean
-from ..diagnostics.seeds import BAND_KEYS, bands, by_seed, seed_mean
+from ..diagnostics.rate import classify, fit_rate, tail_mean
+from ..diagnostics.seeds import BAND_KEYS, bands, by_seed, seed_matrix, seed_mean
 from .bounds import (
     adagrad_bound,
     adam_bound,
@@ -118,21 +118,16 @@ class Assessment:
 
 def assess(run: AssessedRun, metrics: Sequence[dict[str, float]], constants: Constants | None,
            batches_per_epoch: int, gammas: np.ndarray | None = None) -> Assessment:
-    """The ``random_iterate``, ``rate_slope``, ``rate``, ``bound`` and ``paper_shape`` entries of one series of
-    checkpoints, with the columns ``random_iterate`` (step-weighted mean up to each checkpoint) and ``bound`` (NaN
-    where no bound applies). ``gammas``, the step sizes applied at iterates 0..n, default to the run's schedule
+    """The ``random_iterate``, ``bound`` and ``paper_shape`` entries of one series of checkpoints, with the
+    columns ``random_iterate`` (step-weighted mean up to each checkpoint) and ``bound`` (NaN where no bound
+    applies). ``gammas``, the step sizes applied at iterates 0..n, default to the run's schedule
     (:meth:`AssessedRun.step_sizes`); a run whose step sizes were measured passes them instead."""
     steps = [int(row["step"]) for row in metrics]
     values = [row["grad_sq_norm"] for row in metrics]
     if gammas is None:
         gammas = run.step_sizes(steps[-1], batches_per_epoch)
-    rate = fit_rate(steps, values)
     measured = weighted_mean_curve(steps, values, gammas)
-    out: dict[str, Any] = {
-        "random_iterate": random_iterate(steps, values, gammas, seed=run.seed).to_dict(),
-        "rate_slope": None if rate is None else rate.slope,
-        "rate": None if rate is None else rate.to_dict(),
-    }
+    out: dict[str, Any] = {"random_iterate": random_iterate(steps, values, gammas, seed=run.seed).to_dict()}
     columns = {"random_iterate": [float(v) for v in measured], "bound": [math.nan] * len(metrics)}
     if constants is None:
         out["bound"] = out["paper_shape"] = None
@@ -163,21 +158,25 @@ def assess_run(run: AssessedRun, metrics: Sequence[dict[str, float]], constants:
     """The assessment of a run of one or more seeds.
 
     The headline numbers and :func:`assess` are those of the seed-mean curve, the estimate of the expectation
-    the theorems bound; ``per_seed`` holds each seed's own, and ``bands`` the spread over seeds at the last
-    common checkpoint. Columns: each row's ``random_iterate`` (its own seed's) and the seed-mean ``bound`` at
-    its step. ``gammas`` as in :func:`assess`.
+    the theorems bound; the rate is fitted to that curve with an interval from the seeds, and read as a regime
+    (``diagnostics/rate.py``); ``per_seed`` holds each seed's own numbers, and ``bands`` the spread over seeds at
+    the last common checkpoint. Columns: each row's ``random_iterate`` (its own seed's) and the seed-mean
+    ``bound`` at its step. ``gammas`` as in :func:`assess`.
     """
     mean_rows = seed_mean(metrics)
     pooled = assess(run, mean_rows, constants, batches_per_epoch, gammas)
-    summary = {**headline(mean_rows), **pooled.summary, "per_seed": []}
+    summary = {**headline(mean_rows), **rate_entries(metrics), **pooled.summary, "per_seed": []}
+    _, last_se = seed_matrix(metrics, "grad_sq_norm_se")
+    summary["grad_sq_norm_se"] = _or_none(float(np.sqrt(np.square(last_se[:, -1]).sum()) / len(last_se)))
     bound_at = dict(zip((row["step"] for row in mean_rows), pooled.columns["bound"], strict=True))
     own_curve: dict[tuple[int, float], float] = {}
     for seed, rows in by_seed(metrics).items():
         own = assess(dataclasses.replace(run, seed=seed), rows, None, batches_per_epoch, gammas)
         own_curve.update({(seed, row["step"]): value
                           for row, value in zip(rows, own.columns["random_iterate"], strict=True)})
+        own_rate = fit_rate([row["step"] for row in rows], [[row["grad_sq_norm"] for row in rows]])
         summary["per_seed"].append({"seed": seed, **headline(rows), "random_iterate": own.summary["random_iterate"],
-                                    "rate_slope": own.summary["rate_slope"]})
+                                    "rate_slope": None if own_rate is None else own_rate.slope})
     summary["bands"] = {key: {name: series[-1] for name, series in bands(metrics, key).items() if name != "step"}
                         for key in BAND_KEYS}
     columns = {
@@ -187,13 +186,34 @@ def assess_run(run: AssessedRun, metrics: Sequence[dict[str, float]], constants:
     return Assessment(summary, columns)
 
 
+def rate_entries(metrics: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """``rate_slope``, ``rate_ci`` ([low, high], None where one seed cannot give it), ``rate`` (the fit, its
+    ``regime`` and the ``evidence``) and ``collapsed`` of a run's per-seed metrics."""
+    steps, grads = seed_matrix(metrics, "grad_sq_norm")
+    _, objective = seed_matrix(metrics, "objective")
+    kl, active = (float(seed_matrix(metrics, key)[1][:, -1].mean()) for key in ("kl", "active_units"))
+    rate = fit_rate(steps, grads)
+    regime = classify(steps, grads, objective, rate, kl=kl, active_units=active)
+    ci = None if rate is None or not all(map(math.isfinite, rate.ci)) else list(rate.ci)
+    fit = rate.to_dict() if rate is not None else {"slope": None}
+    return {
+        "rate_slope": None if rate is None else rate.slope,
+        "rate_ci": ci,
+        "rate": {**fit, "regime": regime.label, "regime_name": regime.name, "evidence": regime.evidence},
+        "collapsed": regime.evidence["collapsed"],
+    }
+
+
 def headline(rows: Sequence[dict[str, float]]) -> dict[str, Any]:
     """Last-checkpoint values of a metrics series and its smallest full-gradient squared norm (None where
-    not finite, e.g. the log-likelihood of a model without a closed form)."""
+    not finite, e.g. the log-likelihood of a model without a closed form). The standard error of a seed mean is
+    set by :func:`assess_run`."""
     last = rows[-1]
     return {
         "objective": last["objective"],
         "grad_sq_norm": last["grad_sq_norm"],
+        "grad_sq_norm_se": _or_none(last.get("grad_sq_norm_se", math.nan)),
+        "grad_sq_norm_biased": _or_none(last.get("grad_sq_norm_biased", math.nan)),
         "min_grad_sq_norm": min(row["grad_sq_norm"] for row in rows),
         "paper_proxy": _or_none(last["paper_proxy"]),
         "log_likelihood": _or_none(last["log_likelihood"]),

@@ -1,0 +1,46 @@
+"""How much of the latent space a VAE's encoder uses: the mean KL to the prior and the active units.
+
+A collapsed posterior (q(z | x) = p(z) for every x) is a stationary point the theorems do not tell apart from
+any other: its gradient can be near zero while the model has learnt nothing, so readings of such runs are flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.storage import as_float
+
+# A latent dimension u is active when the posterior mean E_q[z_u | x] varies across the data with variance above
+# this (Burda, Grosse & Salakhutdinov 2016, section 5.2).
+ACTIVE_UNIT_VARIANCE = 1e-2
+# Below this mean KL(q(z | x) || p(z)) per example, in nats, the encoder carries essentially no information about
+# x: the run is read as collapsed.
+COLLAPSED_KL = 0.1
+
+
+@dataclass(frozen=True)
+class PosteriorUsage:
+    """``kl``: mean over the data of KL(q(z | x) || p(z)), in nats; ``active_units``: the latent dimensions whose
+    posterior mean has variance over the data above :data:`ACTIVE_UNIT_VARIANCE`."""
+
+    kl: float
+    active_units: int
+
+    @property
+    def collapsed(self) -> bool:
+        return self.kl < COLLAPSED_KL
+
+
+@torch.no_grad()
+def posterior_usage(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 2048) -> PosteriorUsage:
+    """The encoder of ``model`` (one with ``encode(x)`` giving a posterior with ``mean`` and ``kl_to_prior()``) over
+    all of ``x``, a chunk at a time; exact, no Monte Carlo."""
+    kl, means = 0.0, []
+    for chunk in map(as_float, x.split(chunk_size)):
+        q = model.encode(chunk)
+        kl += q.kl_to_prior().double().sum().item()
+        means.append(q.mean.double())
+    variance = torch.cat(means).var(0, correction=0)
+    return PosteriorUsage(kl=kl / len(x), active_units=int((variance > ACTIVE_UNIT_VARIANCE).sum()))
