@@ -101,3 +101,20 @@ def test_tracker_window_mean_and_paper_proxy() -> None:
     scale = batch**2 / (n_examples * 2)
     assert tracker.paper_proxy == pytest.approx([scale * 13, scale * 12], rel=1e-6)
     assert all(map(math.isnan, tracker.read_window()))
+
+
+def test_chunks_in_one_vectorised_pass_give_each_chunk_its_own_gradient() -> None:
+    """The stacked pass over padded chunks equals evaluating the chunks one after another (the base class)."""
+    from vaeconverge.engine.ensemble import Ensemble
+
+    models = [make_linear_vae(data_dim=4, latent_dim=2, seed=s) for s in (2, 3)]
+    ensemble = VectorisedEnsemble(models, ELBO(2))
+    generator = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(n, 4, generator=generator, dtype=torch.float64) for n in (7, 5, 7)]
+    eps = [torch.randn(2, 2, len(c), 2, generator=generator, dtype=torch.float64) for c in chunks]
+    value, grads = ensemble.chunk_gradients(chunks, eps, 0.1)
+    one_by_one, expected = Ensemble.chunk_gradients(ensemble, chunks, eps, 0.1)
+    assert torch.allclose(value, one_by_one, rtol=1e-12)
+    for got, want in zip(grads, expected, strict=True):
+        assert got.shape == want.shape == (2, want.shape[1]) and torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(grads[0], grads[2])  # chunks of equal size, different data

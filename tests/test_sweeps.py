@@ -272,8 +272,22 @@ def test_reproduce_runs_the_six_studies_and_reports_each(tmp_path, monkeypatch, 
     for name in names:
         assert f"{name}: " in printed
         assert (out / name / "trend.png").is_file()
-    # 22 runs in six studies, 20 distinct: the base run (B = 64, ReLU, depth 2) is shared and trained once
-    assert "20 of 20 runs done" in printed
+    # 19 runs in the six quick studies, 17 distinct: the base run (B = 64, ReLU, depth 2) is shared and trained once
+    assert "17 of 17 runs done" in printed
     page = (out / "index.html").read_text()
     assert all(f"<h2 id='{name}'>" in page for name in names)
     assert page.count("The measured trend") == 6
+
+
+def test_a_quick_table_trims_the_axes_of_the_quick_version_only():
+    spec = parse_spec(SMALL + "[grid]\nbatch_size = [16, 64, 256]\n[quick]\nbatch_size = [16, 256]\n")
+    assert [c.batch_size for c in spec.runs()] == [16, 64, 256]
+    quick = spec.quickened({"steps": 7})
+    assert [(c.batch_size, c.steps) for c in quick.runs()] == [(16, 7), (256, 7)]
+    with pytest.raises(SpecError, match=r"quick\.lr: not an axis"):
+        parse_spec(SMALL + "[grid]\nbatch_size = [16]\n[quick]\nlr = [0.1]\n")
+    with pytest.raises(SpecError, match="zipped axes"):
+        parse_spec(SMALL + '[zip]\noptimizer = ["sgd", "adam"]\nlr = [0.1, 1e-3]\n[quick]\nlr = [0.1]\n')
+    with pytest.raises(SpecError, match=r"finding\.at"):  # the named run must survive the trimming
+        parse_spec(SMALL + "[grid]\nbatch_size = [16, 64]\n[quick]\nbatch_size = [16]\n[finding]\nstatement = 's'\n"
+                   "metric = 'objective'\nexpect = 'lowest-at'\nat = 'batch_size=64'\n")

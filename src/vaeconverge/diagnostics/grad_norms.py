@@ -33,6 +33,9 @@ class Replicas(Protocol):
 
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
+    def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
 
 # Each replicate of the full gradient is summed over this many groups of examples, whose differences between
 # the replicates give the standard error of the squared norm (diagnostics/squared_norm.py).
@@ -69,23 +72,35 @@ def full_objective_gradient(
     """
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
-    params = replicas.parameters()
     terms, value = [], torch.zeros(len(generators), dtype=torch.float64)
     for _ in range(2):
         groups: list[torch.Tensor] = []
         for _ in range(eval_samples):
+            batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
             for c, chunk in evaluation_chunks(x, chunk_size):
                 chunk = as_float(chunk)
                 eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, chunk.dtype)
                                    for g in generators])
-                loss = -replicas(chunk, eps).sum(-1) * scale
-                grads = torch.autograd.grad(loss.sum(), params, allow_unused=True, materialize_grads=True)
-                add_to_group(groups, c, replicas.flatten(grads))
-                value += loss.detach().double()
+                batch.append((c, chunk, eps))
+                if sum(len(b) for _, b, _ in batch) >= chunk_size:  # at most about chunk_size examples per pass
+                    value += _accumulate(replicas, batch, scale, groups)
+            if batch:
+                value += _accumulate(replicas, batch, scale, groups)
         terms.append(torch.stack(groups))
     estimate = unbiased_squared_norm(*terms)
     return FullGradient(objective=(value / 2).tolist(), grad_sq_norm=estimate.value.tolist(),
                         grad_sq_norm_se=estimate.se.tolist(), grad_sq_norm_biased=estimate.biased.tolist())
+
+
+def _accumulate(replicas: Replicas, batch: list[tuple[int, torch.Tensor, torch.Tensor]], scale: float,
+                groups: list[torch.Tensor]) -> torch.Tensor:
+    """Evaluate the chunks of ``batch`` together, add each one's gradient to its group, empty the batch; returns
+    their summed losses (T,)."""
+    value, grads = replicas.chunk_gradients([chunk for _, chunk, _ in batch], [eps for _, _, eps in batch], scale)
+    for (c, _, _), grad in zip(batch, grads, strict=True):
+        add_to_group(groups, c, grad)
+    batch.clear()
+    return value.double()
 
 
 def evaluation_chunks(data: torch.Tensor, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:

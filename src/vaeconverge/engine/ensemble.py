@@ -88,6 +88,19 @@ class Ensemble(ABC):
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Each replica's gradient as one vector, (T, P) (any padding zero); ``grads`` match :meth:`parameters`."""
 
+    def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """For a loss of ``-scale`` times the summed objective values of each chunk (B_c, D) under its noise
+        (T, K, B_c, latent): the losses summed over chunks (T,), and each chunk's gradient, flattened (T, P).
+        One chunk after another here; :class:`VectorisedEnsemble` takes them in one pass."""
+        params, total, grads = self.parameters(), 0.0, []
+        for chunk, noise in zip(chunks, eps, strict=True):
+            loss = -self(chunk, noise).sum(-1) * scale
+            grads.append(self.flatten(torch.autograd.grad(loss.sum(), params, allow_unused=True,
+                                                          materialize_grads=True)))
+            total = total + loss.detach()
+        return total, grads
+
     @abstractmethod
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         """Multiply each replica's gradient by its factor (T,), in place."""
@@ -147,6 +160,27 @@ class VectorisedEnsemble(Ensemble):
 
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat(list(grads), dim=1)
+
+    def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """All chunks in one pass: each replica's parameters repeated once per chunk (detached copies), so that the
+        C chunks, zero-padded to one length and masked, are T x C replicas of one batched evaluation whose single
+        backward pass yields every chunk's own gradient."""
+        count, longest = len(chunks), max(len(chunk) for chunk in chunks)
+        replicas = len(self)
+        x = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, longest - len(c))) for c in chunks])
+        noise = torch.stack([torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[-2])) for e in eps], dim=1)
+        mask = torch.stack([torch.arange(longest) < len(c) for c in chunks]).to(x.dtype)
+        leaves = {name: leaf.detach().repeat_interleave(count, dim=0).requires_grad_()
+                  for name, leaf in self._leaves.items()}
+        params = {name: _unpad(leaf, torch.Size((replicas * count, *shape[1:]))) for (name, leaf), shape
+                  in zip(leaves.items(), self._shapes.values(), strict=True)}
+        values = functional_call(self._module, (params, self.buffers),
+                                 (x.repeat(replicas, 1, 1), noise.flatten(0, 1)), tie_weights=False)
+        losses = -(values.view(replicas, count, longest) * mask).sum(-1) * scale
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        flat = torch.cat(grads, dim=1).view(replicas, count, -1)
+        return losses.detach().sum(1), list(flat.unbind(1))
 
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         for g in grads:

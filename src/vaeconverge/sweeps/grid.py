@@ -13,6 +13,8 @@ order of the axes, and in any later version of vaeconverge that adds options.
     [zip]                          # these axes vary together (equal lengths), crossed with the grid
     optimizer = ["sgd", "adam"]
     lr = [0.05, 1e-3]
+    [quick]                        # optional: fewer values of some axes for the study's quick version
+    batch_size = [16, 256]
     [finding]                      # optional: what the theory or the paper predicts, checked by the report
     statement = "Larger batches end lower: the bound's noise term falls as 1/B."
     metric = "grad_sq_norm"        # a key of summary.json (dots for nested keys)
@@ -33,7 +35,7 @@ from ..bbvi.config import KIND as BBVI_KIND
 from ..bbvi.config import BBVIConfig
 from ..config import ConfigError, RunConfig
 
-TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "finding")
+TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "quick", "finding")
 EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
 # What a study's runs are, by the optional ``kind`` key of its [base]: VAEs (``vaeconverge train``) by default,
@@ -81,11 +83,18 @@ class SweepSpec:
     finding: Finding | None = None
     source: str = ""  # the TOML text, kept so that a store can say what it ran
     kind: str = "vae"  # a key of KINDS
+    quick: dict[str, list[Any]] = field(default_factory=dict)  # axes' values in the quick version (reproduce)
 
     @property
     def axes(self) -> list[str]:
         """The options that vary, grid axes first."""
         return [*self.grid, *self.zipped]
+
+    def quickened(self, base: dict[str, Any]) -> SweepSpec:
+        """The study's quick version: ``base`` options over its own, and its ``[quick]`` axis values."""
+        return dataclasses.replace(
+            self, base={**self.base, **base}, grid={k: self.quick.get(k, v) for k, v in self.grid.items()},
+            zipped={k: self.quick.get(k, v) for k, v in self.zipped.items()})
 
     def label(self, config: Config) -> str:
         """The run's axis values, e.g. ``batch_size=16``."""
@@ -149,14 +158,23 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise SpecError(f"{source}: name", "must be a non-empty string")
+    quick = _axes(raw.get("quick", {}), "quick", source, known)
+    for key in quick:
+        if key not in grid and key not in zipped:
+            raise SpecError(f"{source}: quick.{key}",
+                            f"not an axis of the sweep (its axes: {', '.join([*grid, *zipped])})")
+    if quick.keys() & zipped.keys() and (quick.keys() & zipped.keys() != zipped.keys()
+                                         or len({len(quick[k]) for k in zipped}) > 1):
+        raise SpecError(f"{source}: quick", f"gives the zipped axes {', '.join(zipped)} together, of equal lengths")
     finding = _finding(raw["finding"], source) if "finding" in raw else None
-    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text, kind)
-    if finding is not None and finding.expect == "lowest-at":
-        labels = [spec.label(config) for config in spec.runs()]
-        if finding.at not in labels:
-            raise SpecError(f"{source}: finding.at", f"{finding.at!r} is not a run of the sweep; its runs are "
-                                                     f"{', '.join(labels)}")
-    spec.runs()  # every configuration must be valid before anything runs
+    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text, kind, quick)
+    for version in (spec, spec.quickened({})):
+        if finding is not None and finding.expect == "lowest-at":
+            labels = [version.label(config) for config in version.runs()]
+            if finding.at not in labels:
+                raise SpecError(f"{source}: finding.at", f"{finding.at!r} is not a run of the sweep; its runs are "
+                                                         f"{', '.join(labels)}")
+        version.runs()  # every configuration must be valid before anything runs
     return spec
 
 
