@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
-# The paper's six hyperparameter studies, shortened (about 6 minutes on 2 cores); resumes if interrupted.
+# The paper's six hyperparameter studies, shortened (5-10 minutes on 2 cores); resumes if interrupted.
 demo: install
 	$(BIN)/vaeconverge reproduce --quick --out runs/demo
 	@echo "demo: report written to runs/demo/index.html"

@@ -21,7 +21,6 @@ from vaeconverge.report.figures import (
     split_labels,
     vacuous,
     vacuous_note,
-    varying_labels,
 )
 from vaeconverge.report.study import StudyRun, draw_curves, plot_curves, plot_trend
 from vaeconverge.sweeps.grid import Finding
@@ -81,12 +80,12 @@ def legend_texts(ax: plt.Axes) -> list[str]:
 
 def test_varying_labels_keep_only_what_varies():
     sweep = ["activation=relu, softclip_s=5", "activation=softclip, softclip_s=5", "activation=softclip, softclip_s=10"]
-    assert varying_labels(sweep) == sweep  # both axes vary somewhere: nothing to drop
+    assert split_labels(sweep)[0] == sweep  # both axes vary somewhere: nothing to drop
     assert split_labels(sweep[:2]) == (["activation=relu", "activation=softclip"], ["softclip_s=5"])
-    assert varying_labels(["hidden=[64, 32], lr=0.1", "hidden=[64, 32], lr=0.2"]) == ["lr=0.1", "lr=0.2"]
-    assert varying_labels(["base"]) == ["base"]
-    assert varying_labels(["a=1, b=2", "a=1, b=2"]) == ["a=1, b=2", "a=1, b=2"]  # nothing varies: kept
-    assert varying_labels(["x=1", "x=1, y=2"]) == ["x=1", "x=1, y=2"]  # no label left empty
+    assert split_labels(["hidden=[64, 32], lr=0.1", "hidden=[64, 32], lr=0.2"])[0] == ["lr=0.1", "lr=0.2"]
+    assert split_labels(["base"])[0] == ["base"]
+    assert split_labels(["a=1, b=2", "a=1, b=2"])[0] == ["a=1, b=2", "a=1, b=2"]  # nothing varies: kept
+    assert split_labels(["x=1", "x=1, y=2"])[0] == ["x=1", "x=1, y=2"]  # no label left empty
     assert split_labels([]) == ([], [])
 
 

@@ -12,7 +12,6 @@ from .grad_norms import (
     GradientNormTracker,
     full_objective_gradient,
     replica_squared_norms,
-    summed_gradient,
 )
 from .posterior import PosteriorUsage, posterior_usage
 from .random_iterate import RandomIterate, random_iterate
@@ -39,6 +38,5 @@ __all__ = [
     "random_iterate",
     "replica_squared_norms",
     "smoothness",
-    "summed_gradient",
     "unbiased_squared_norm",
 ]

@@ -6,7 +6,7 @@ never waits on the host once per parameter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -117,22 +117,6 @@ def add_to_group(groups: list[torch.Tensor], group: int, term: torch.Tensor) -> 
         groups.append(term)
     else:
         groups[group] += term
-
-
-def summed_gradient(params: Sequence[torch.Tensor], losses: Iterable[torch.Tensor]
-                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The sum of ``losses`` (tensors of one shape, e.g. one value per replica) and the gradient of that sum with
-    respect to ``params``, one loss at a time so that only one chunk's graph is alive. Uses
-    ``torch.autograd.grad``, so the parameters' ``.grad`` fields are left untouched; a parameter a loss does not
-    use gets a zero gradient."""
-    total = [torch.zeros_like(p) for p in params]
-    value: torch.Tensor | None = None
-    for loss in losses:
-        torch._foreach_add_(total, torch.autograd.grad(loss.sum(), params, allow_unused=True, materialize_grads=True))
-        value = loss.detach() if value is None else value + loss.detach()
-    if value is None:
-        raise ValueError("no losses to sum: the data yielded no batch")
-    return value, total
 
 
 def replica_squared_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:

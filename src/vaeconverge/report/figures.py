@@ -56,11 +56,6 @@ def split_labels(labels: Sequence[str]) -> tuple[list[str], list[str]]:
     return varying, shared
 
 
-def varying_labels(labels: Sequence[str]) -> list[str]:
-    """The run labels with only what varies between them, for a legend or tick labels (see :func:`split_labels`)."""
-    return split_labels(labels)[0]
-
-
 def significant(value: float) -> str:
     """``value`` to 2 significant digits with a bare exponent (2.3e8, 0.05, 140), for notes on a figure."""
     mantissa, _, exponent = f"{value:.2g}".partition("e")
