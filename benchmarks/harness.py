@@ -139,7 +139,8 @@ def first_last(steps: int) -> dict[str, Any]:
 
 def time_vaeconverge(data: Data, options: dict[str, Any], warmup_steps: int) -> Timed:
     """``vaeconverge.engine.train(RunConfig(**options), data, progress=False)``, after an untimed warm-up run of
-    ``warmup_steps`` steps with minimal diagnostics; steps are counted over all replicas (``seeds``)."""
+    ``warmup_steps`` steps with minimal diagnostics; steps are counted over all replicas (``seeds``). Extras: the
+    number of checkpoints and the seconds the run's summary says its checkpoints and probes took."""
     from vaeconverge.config import RunConfig
     from vaeconverge.data import Dataset
     from vaeconverge.engine import train
@@ -150,9 +151,13 @@ def time_vaeconverge(data: Data, options: dict[str, Any], warmup_steps: int) -> 
         warmup = dataclasses.replace(config, steps=warmup_steps, **first_last(warmup_steps))
         train(warmup, dataset, progress=False)
     start = time.perf_counter()
-    train(config, dataset, progress=False)
+    result = train(config, dataset, progress=False)
+    seconds = time.perf_counter() - start
     replicas = len(options.get("seeds", ())) or 1
-    return Timed(time.perf_counter() - start, config.steps * replicas)
+    spent = result.summary["diagnostics_seconds"]
+    checkpoints = len({row["step"] for row in result.metrics})
+    return Timed(seconds, config.steps * replicas, {"checkpoints": checkpoints, "checkpoints_s": spent["checkpoints"],
+                                                     "probes_s": spent["probes"]})
 
 
 def speedup(label: str, candidate: Measurement, baseline: Measurement, minimum: float | None) -> Ratio:

@@ -157,6 +157,8 @@ def test_successful_run_writes_all_outputs(tmp_path, capsys, argv, exact_log_lik
     assert summary["objective"] == pytest.approx(float(rows[-1][header.index("objective")]), rel=1e-12)
     assert isinstance(summary["grad_sq_norm"], float) and summary["grad_sq_norm"] >= 0
     assert isinstance(summary["seconds"], float) and summary["seconds"] >= 0
+    spent = summary["diagnostics_seconds"]  # what the checkpoints and the probes took of the run's time
+    assert spent["checkpoints"] > 0 and spent["probes"] >= 0 and sum(spent.values()) < summary["seconds"]
     if exact_log_likelihood:
         assert summary["config"]["model"] == "linear"
         assert isinstance(summary["log_likelihood"], float)

@@ -20,7 +20,7 @@ from vaeconverge.cli import main
 from vaeconverge.config import ConfigError
 
 SMALL = SWEEP_BASE + "[grid]\nbatch_size = [16, 32]\n"
-EXECUTION = ("seconds", "threads")  # how a run executed, not what it computed
+EXECUTION = ("seconds", "diagnostics_seconds", "threads")  # how a run executed, not what it computed
 
 
 @pytest.fixture(scope="module")

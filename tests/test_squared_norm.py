@@ -69,3 +69,14 @@ def test_bad_shapes_are_refused() -> None:
         unbiased_squared_norm(torch.zeros(3), torch.zeros(3))
     with pytest.raises(ValueError, match="one shape"):
         unbiased_squared_norm(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_float32_terms_of_a_million_coordinates_give_the_float64_answer() -> None:
+    generator = torch.Generator().manual_seed(5)
+    first, second = 1.0 + torch.randn(2, GROUPS, 2, 1_000_003, generator=generator)
+    estimate = unbiased_squared_norm(first, second)
+    reference = unbiased_squared_norm(first.double(), second.double())
+    assert torch.allclose(estimate.value, reference.value, rtol=1e-7, atol=0)
+    assert torch.allclose(estimate.biased, reference.biased, rtol=1e-7, atol=0)
+    # the standard error takes differences of the Gram entries; it is itself known to a few percent at best
+    assert torch.allclose(estimate.se, reference.se, rtol=1e-4, atol=0)

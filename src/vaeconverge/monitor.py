@@ -277,13 +277,16 @@ class ConvergenceMonitor:
         self._optimizer: torch.optim.Optimizer | None = None
         self._hook: RemovableHandle | None = None
 
-        first = self._subject.measure()
+        began = time.perf_counter()
+        first = self._subject.measure()  # before the recorder: its budget needs the number of examples
+        measuring = time.perf_counter() - began
         self.n_examples = self._subject.n_examples
         self.batches_per_epoch = max(self.n_examples // batch_size, 1)  # as train's epochs: floor(N / B) steps
         self._recorder = Recorder(self._subject, steps, self.n_examples, eval_every=eval_every,
                                   eval_points=eval_points, eval_samples=eval_samples, constants=constants,
                                   strict=False, device=self.params[0].device)
         self._recorder.start = self._start
+        self._recorder.diagnostics_seconds["checkpoints"] += measuring
         self.checkpoints = self._recorder.checkpoints
         self.probe_steps = self._recorder.probe_steps
         if optimizer is not None:

@@ -41,7 +41,7 @@ class RandomIterate:
     draw_value: float
     uniform_draw_step: int
     uniform_draw_value: float
-    running_min: float  # min over checkpoints
+    running_min: float  # min over checkpoints: the least of noisy estimates, biased low (drawn, not a rate)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,7 +31,7 @@ class SquaredNormEstimate:
 def unbiased_squared_norm(first: Tensor, second: Tensor) -> SquaredNormEstimate:
     """The estimate of ||E g||^2 from two independent replicates of g = sum_c x_c given by their groups' terms,
     ``first`` and ``second`` of shape (groups, ..., P) (group c of both replicates covers the same examples);
-    the estimates have the shape ``...``, computed in float64.
+    the estimates have the shape ``...``, in float64.
 
     Given the parameters, Var <g_1, g_2> = 2 mu^T C mu + trace(C^2), with mu = E g and C = Cov g = sum_c C_c.
     The groups' differences d_c are independent of the replicates' mean g_bar = mu + e (Gaussian noise; merely
@@ -41,12 +41,28 @@ def unbiased_squared_norm(first: Tensor, second: Tensor) -> SquaredNormEstimate:
     if first.shape != second.shape or first.dim() < 2:
         raise ValueError(f"need two (groups, ..., P) tensors of one shape, got {tuple(first.shape)} and "
                          f"{tuple(second.shape)}")
-    first, second = first.double(), second.double()
-    g1, g2 = first.sum(0), second.sum(0)
-    mean = (g1 + g2) / 2
+    # Every quantity is bilinear in the groups' terms, so the (groups x groups) Gram matrices of the replicates
+    # carry them all: one read of the terms, no float64 copy of them.
+    a, b = first.movedim(0, -2), second.movedim(0, -2)
+    aa, ab, bb = _gram(a, a), _gram(a, b), _gram(b, b)
+    value = ab.sum((-2, -1))
+    biased = (aa.sum((-2, -1)) + bb.sum((-2, -1))) / 2
     if len(first) < 2:
-        se = torch.full(g1.shape[:-1], float("nan"), dtype=torch.float64)
-    else:
-        se = ((first - second) * mean).sum(-1).square().sum(0).sqrt()
-    return SquaredNormEstimate(value=(g1 * g2).sum(-1), se=se,
-                               biased=(g1.square().sum(-1) + g2.square().sum(-1)) / 2)
+        se = torch.full(value.shape, float("nan"), dtype=torch.float64)
+    else:  # <d_c, g_bar> = <a_c - b_c, (sum_h a_h + b_h) / 2>
+        se = ((aa + ab - ab.mT - bb).sum(-1) / 2).square().sum(-1).sqrt()
+    return SquaredNormEstimate(value=value, se=se, biased=biased)
+
+
+# The inner products are summed in float32 over blocks of this many coordinates and the blocks' sums in float64:
+# one float32 sum over a million coordinates would lose about five significant digits.
+_BLOCK = 4096
+
+
+def _gram(u: Tensor, v: Tensor) -> Tensor:
+    """sum_p u[..., g, p] v[..., h, p] for (..., G, P) and (..., H, P), as float64 (..., G, H)."""
+    whole = u.shape[-1] - u.shape[-1] % _BLOCK
+    blocks_u = u[..., :whole].unflatten(-1, (-1, _BLOCK)).movedim(-2, -3)
+    blocks_v = v[..., :whole].unflatten(-1, (-1, _BLOCK)).movedim(-2, -3)
+    gram = (blocks_u @ blocks_v.mT).double().sum(-3)
+    return gram + u[..., whole:].double() @ v[..., whole:].double().mT

@@ -177,6 +177,7 @@ class RunSummary:
     seeds: list[int]
     steps: int
     seconds: float
+    diagnostics_seconds: dict[str, float]
     interrupted: bool
     data: dict[str, Any]
     parameters: int
@@ -197,6 +198,7 @@ class RunSummary:
             "seeds": self.seeds,
             "steps": self.steps,
             "seconds": self.seconds,
+            "diagnostics_seconds": self.diagnostics_seconds,
             "interrupted": self.interrupted,
             "data": self.data,
             "parameters": self.parameters,
@@ -229,6 +231,8 @@ class Recorder:
         self.metrics: list[dict[str, float]] = []
         self.probes: list[Probe] = []
         self.start = time.perf_counter()
+        # wall time of the checkpoints' measurements and of the constants probes, within ``seconds``
+        self.diagnostics_seconds = {"checkpoints": 0.0, "probes": 0.0}
 
     def observe(self, squared_norms: Tensor) -> None:
         """One step's minibatch gradient squared norms, one per replica."""
@@ -243,7 +247,10 @@ class Recorder:
         """The :data:`METRIC_COLUMNS` rows of a checkpoint, one per replica (``measured``: the subject's
         :meth:`~Subject.measure` if already taken), with the constants probed at :attr:`probe_steps`. The
         random iterate and the bound are filled in by :meth:`summary`."""
-        measured = self.subject.measure() if measured is None else measured
+        if measured is None:
+            began = time.perf_counter()
+            measured = self.subject.measure()
+            self.diagnostics_seconds["checkpoints"] += time.perf_counter() - began
         windows, proxies = self.tracker.read_window(), self.tracker.paper_proxy
         seconds = time.perf_counter() - self.start
         rows = []
@@ -257,7 +264,9 @@ class Recorder:
                 "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
             rows.append({key: full[key] for key in METRIC_COLUMNS})
         if step in self.probe_steps and all(math.isfinite(row["objective"]) for row in rows):
+            began = time.perf_counter()
             self.probes.extend(self.probe(t, step) for t in range(len(self.subject.seeds)))
+            self.diagnostics_seconds["probes"] += time.perf_counter() - began
         self.metrics.extend(rows)
         return rows
 
@@ -296,6 +305,7 @@ class Recorder:
             own = [p for p in self.probes if p.seed == entry["seed"]]
             entry["constants"] = probe_maxima(own) if own else None
         return RunSummary(config=config, seeds=list(self.subject.seeds), steps=int(self.metrics[-1]["step"]),
-                          seconds=time.perf_counter() - self.start, interrupted=interrupted, data=data,
+                          seconds=time.perf_counter() - self.start,
+                          diagnostics_seconds=dict(self.diagnostics_seconds), interrupted=interrupted, data=data,
                           parameters=self.subject.parameters, constants=constants, assessment=assessment.summary,
                           grad_sq_norm_estimator=self.subject.estimator)
