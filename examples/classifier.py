@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vaeconverge import ConvergenceMonitor
+from vaeconverge.report.readings import bound_text, grad_text, rate_text
 
 
 def cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -58,7 +59,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.set_num_threads(1)  # a model this small steps fastest on one thread
     summary = main(args.steps, args.out)
-    bound = summary["bound"]
-    print(f"objective {summary['objective']:.4g}, ||grad||^2 {summary['grad_sq_norm']:.3g}, "
-          f"random iterate {summary['random_iterate']['step_weighted_mean']:.3g}, rate slope {summary['rate_slope']}")
-    print(f"bound ({bound['name']}): {bound['value']} ({bound['note']}); outputs in {args.out}")
+    print(f"objective {summary['objective']:.4g}, {grad_text(summary)}; outputs in {args.out}")
+    print(f"  rate: {rate_text(summary['rate'])}")
+    print(f"  bound: {bound_text(summary['bound'])}")

@@ -13,7 +13,6 @@ from vaeconverge.theory import (
     Allocation,
     adagrad_bound,
     adam_bound,
-    adam_epsilon_defossez,
     best_allocation,
     fit_shape,
     ghadimi_lan,
@@ -98,36 +97,31 @@ def test_sgd_constant_by_hand() -> None:
     assert sgd_constant_bound(2.0, 0.0, 3.0, 4) == pytest.approx(3.0)
 
 
-def test_adam_epsilon_defossez_by_hand() -> None:
-    assert adam_epsilon_defossez(0.1, 0.75) == pytest.approx(0.01 / 0.25)  # 0.04
-    assert adam_epsilon_defossez(1e-8, 0.999) == pytest.approx(1e-16 / 1e-3)  # 1e-13
-
-
 def test_adam_bound_without_momentum_by_hand() -> None:
-    # lr 0.5, b1 0, b2 0.75, eps 0.5, R 1, L 2, delta 3, d 2, n 4; N_t = 4
+    # lr 0.5, b1 0, b2 0.75, eps 1, R 1, L 2, delta 3, d 2, n 4; N_t = 4
     # first term 2*1*3 / (0.5*4) = 3
     # E1 = 0.5*2*1*2*1 / (1*0.25) + 12*2*1*1 / (1*0.5) + 0 = 8 + 48 = 56
-    # their epsilon = 0.25 / 0.25 = 1, so ln(1 + 1 / (0.25*1)) = ln 5; -(4/4) ln 0.75 = ln(4/3)
+    # eps inside the root: ln(1 + 1 / (0.25*1)) = ln 5; -(4/4) ln 0.75 = ln(4/3)
     expected = 3 + 56 * (math.log(5) / 4 + math.log(4 / 3))
-    assert adam_bound(0.5, 0.0, 0.75, 0.5, 1.0, 2.0, 3.0, 2, 4) == pytest.approx(expected)
+    assert adam_bound(0.5, 0.0, 0.75, 1.0, 1.0, 2.0, 3.0, 2, 4) == pytest.approx(expected)
 
 
 def test_adam_bound_with_momentum_by_hand() -> None:
-    # lr 0.5, b1 0.5, b2 0.75, eps 0.5, R 1, L 2, delta 3, d 2, n 5; N_t = 5 - 0.5/0.5 = 4, 1 - b1/b2 = 1/3
+    # lr 0.5, b1 0.5, b2 0.75, eps 1, R 1, L 2, delta 3, d 2, n 5; N_t = 5 - 0.5/0.5 = 4, 1 - b1/b2 = 1/3
     # first term 2*1*3 / (0.5*4) = 3
     # E1: 0.5*2*1*2*0.5 / ((1/3)*0.25) = 12
     #     12*2*1*sqrt(0.5) / ((1/3)^1.5 * 0.5) = 72 sqrt(6)
     #     2*0.25*2*4*0.5 / ((1/3)*0.125) = 48
-    # bracket: ln 5 / 4 - (5/4) ln 0.75
+    # bracket: ln(1 + 1 / (0.25*1)) / 4 - (5/4) ln 0.75
     e1 = 12 + 72 * math.sqrt(6) + 48
     expected = 3 + e1 * (math.log(5) / 4 + 1.25 * math.log(4 / 3))
-    assert adam_bound(0.5, 0.5, 0.75, 0.5, 1.0, 2.0, 3.0, 2, 5) == pytest.approx(expected)
+    assert adam_bound(0.5, 0.5, 0.75, 1.0, 1.0, 2.0, 3.0, 2, 5) == pytest.approx(expected)
 
 
 def test_adagrad_bound_by_hand() -> None:
-    # lr 0.5, eps 0.5 (their epsilon 0.25), R 1, L 2, delta 3, d 2, n 4:
+    # lr 0.5, eps 0.25 (inside the root), R 1, L 2, delta 3, d 2, n 4:
     # 2*1*3 / (0.5*2) = 6; (4*2*1 + 0.5*2*1*2) = 10; ln(1 + 4*1/0.25) / 2 = ln(17) / 2
-    assert adagrad_bound(0.5, 0.5, 1.0, 2.0, 3.0, 2, 4) == pytest.approx(6 + 5 * math.log(17))
+    assert adagrad_bound(0.5, 0.25, 1.0, 2.0, 3.0, 2, 4) == pytest.approx(6 + 5 * math.log(17))
 
 
 def test_bases_by_hand() -> None:
@@ -168,13 +162,17 @@ def test_constant_step_bound_covers_ghadimi_lan_at_that_step(L, sigma2, delta, n
     assert ghadimi_lan([gamma] * n, L, sigma2, delta) <= sgd_constant_bound(L, sigma2, delta, n) * (1 + 1e-9)
 
 
-def test_defossez_epsilon_cancels_in_adam_log_term() -> None:
-    # epsilon = eps^2 / (1 - b2) turns ln(1 + R^2 / ((1 - b2) epsilon)) into ln(1 + R^2 / eps^2), whatever b2
-    base = {"lr": 1e-3, "beta1": 0.0, "eps": 0.5, "R": 1.0, "L": 2.0, "delta": 0.0, "d": 1, "n": 10}
+def test_adam_log_term_takes_the_recursion_s_own_eps() -> None:
+    # eps is the epsilon inside the root: the log term is ln(1 + R^2 / ((1 - b2) eps)), no conversion from torch's
+    base = {"lr": 1e-3, "beta1": 0.0, "R": 1.0, "L": 2.0, "delta": 0.0, "d": 1, "n": 10}
     for beta2 in (0.5, 0.9, 0.999):
-        bound = adam_bound(beta2=beta2, **base)
         e1 = 1e-3 * 2 / (1 - beta2) + 12 / math.sqrt(1 - beta2)
-        assert bound == pytest.approx(e1 * (math.log(5) / 10 - math.log(beta2)))
+        for eps in (1e-8, 0.25, 4.0):
+            expected = e1 * (math.log1p(1 / ((1 - beta2) * eps)) / 10 - math.log(beta2))
+            assert adam_bound(beta2=beta2, eps=eps, **base) == pytest.approx(expected, rel=1e-12)
+        # eps = 1 / (4 (1 - b2)) gives ln 5 whatever b2
+        assert adam_bound(beta2=beta2, eps=0.25 / (1 - beta2), **base) == pytest.approx(
+            e1 * (math.log(5) / 10 - math.log(beta2)))
 
 
 # ------------------------------------------------------------------------------------------- fitting shapes
@@ -227,9 +225,14 @@ def test_fit_shape_coefficients_are_non_negative() -> None:
 # ------------------------------------------------------------------------------------------- allocation
 
 
+def sgd_allocation_bound(L: float, delta: float, c_gamma: float):
+    """The SGD run's own bound for an allocation: ``sgd_decreasing_bound`` at its noise and number of steps."""
+    return lambda B, K, n, sigma2: sgd_decreasing_bound(L, sigma2, delta, c_gamma, n)
+
+
 def test_best_allocation_table() -> None:
-    best, table = best_allocation(100, L=2.0, sigma2_x=1.0, sigma2_eps=4.0, delta=3.0, c_gamma=0.5,
-                                  batch_sizes=[1, 4, 16, 128], samples=[1, 2, 5])
+    best, table = best_allocation(100, sigma2_x=1.0, sigma2_eps=4.0, batch_sizes=[1, 4, 16, 128], samples=[1, 2, 5],
+                                  bound=sgd_allocation_bound(2.0, 3.0, 0.5))
     assert isinstance(best, Allocation)
     assert len(table) == 4 * 3 - 3  # B = 128 leaves no step for any K
     assert best == table[0]
@@ -241,17 +244,48 @@ def test_best_allocation_table() -> None:
         assert a.bound == pytest.approx(sgd_decreasing_bound(2.0, sigma2, 3.0, 0.5, a.steps))
 
 
+def test_best_allocation_is_the_argmin_of_the_given_bound_by_hand() -> None:
+    # budget 100, sigma2_x 1, sigma2_eps 4, bound sigma2 + 1/n:
+    #   B 1: K 1 5 + 1/100, K 2 3 + 1/50, K 5 1.8 + 1/20;  B 4: K 1 1.25 + 1/25, K 2 0.75 + 1/12, K 5 0.45 + 1/5
+    #   B 16: K 1 0.3125 + 1/6 = 0.479, K 2 0.1875 + 1/3 = 0.521, K 5 0.1125 + 1;  B 32: K 1 0.15625 + 1/3 = 0.490
+    calls = []
+
+    def bound(B, K, n, sigma2):
+        calls.append((B, K, n, sigma2))
+        return sigma2 + 1 / n
+
+    best, table = best_allocation(100, 1.0, 4.0, [1, 4, 16, 32], [1, 2, 5], bound)
+    assert (best.batch_size, best.samples, best.steps) == (16, 1, 6)
+    assert best.bound == pytest.approx(0.3125 + 1 / 6)
+    assert [(a.batch_size, a.samples) for a in table[:3]] == [(16, 1), (32, 1), (16, 2)]
+    assert sorted(calls) == sorted((a.batch_size, a.samples, a.steps, noise_variance(1.0, 4.0, a.batch_size,
+                                                                                        a.samples)) for a in table)
+    assert len(calls) == len(table) == 11  # B = 32 with K = 5 leaves no step
+    # another bound ranks the same grid otherwise: the allocation is the argmin of the bound it is given
+    # sigma2 + 10/n: B 4, K 2: 0.75 + 10/12 = 1.583 < B 4, K 1: 1.25 + 0.4 = 1.65 < B 16, K 1: 0.3125 + 10/6 = 1.979
+    other, _ = best_allocation(100, 1.0, 4.0, [1, 4, 16, 32], [1, 2, 5], lambda B, K, n, s2: s2 + 10 / n)
+    assert (other.batch_size, other.samples, other.steps) == (4, 2, 12)
+    assert other.bound == pytest.approx(0.75 + 10 / 12)
+
+
 def test_best_allocation_ties_go_to_smaller_bk() -> None:
     # no Monte Carlo noise: K = 2 and K = 3 both give 1 step at the same sigma2, so the same bound
-    best, table = best_allocation(3, 1.0, 1.0, 0.0, 1.0, 1.0, batch_sizes=[1], samples=[3, 2])
+    best, table = best_allocation(3, 1.0, 0.0, batch_sizes=[1], samples=[3, 2],
+                                  bound=sgd_allocation_bound(1.0, 1.0, 1.0))
     assert table[0].bound == table[1].bound
     assert (best.batch_size, best.samples, best.steps) == (1, 2, 1)
+    # then the smaller B: (B, K) = (2, 1) and (1, 2) spend the same B K, and a bound blind to B and K ties them
+    best, _ = best_allocation(4, 1.0, 1.0, batch_sizes=[2, 1], samples=[2, 1], bound=lambda B, K, n, s2: 1.0)
+    assert (best.batch_size, best.samples) == (1, 1)
+    _, table = best_allocation(4, 1.0, 1.0, batch_sizes=[2, 1], samples=[2, 1], bound=lambda B, K, n, s2: 1.0)
+    assert [(a.batch_size, a.samples) for a in table] == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
 @fast
 @given(budget=st.integers(1, 10**5), L=positive, sigma2_x=nonnegative, delta=nonnegative, frac=fraction)
 def test_best_allocation_without_monte_carlo_noise_uses_one_sample(budget, L, sigma2_x, delta, frac) -> None:
-    best, table = best_allocation(budget, L, sigma2_x, 0.0, delta, frac / L, [1, 2, 8, 32], [1, 2, 5, 10])
+    best, table = best_allocation(budget, sigma2_x, 0.0, [1, 2, 8, 32], [1, 2, 5, 10],
+                                  sgd_allocation_bound(L, delta, frac / L))
     assert best.samples == 1
     assert best.bound == min(a.bound for a in table)
 
@@ -312,7 +346,7 @@ def test_adaptive_bounds_monotone(lr, b2, b1_frac, eps, R, L, grow, delta, d, n,
     assert adam_bound(lr, b1, b2, eps, R, L * grow, delta, d, n_adam) >= adam
     assert adam_bound(lr, b1, b2, eps, R, L, delta + grow, d, n_adam) >= adam
     assert adam_bound(lr, b1, b2, eps, R, L, delta, d, n_adam + more) <= adam
-    n_ada = n + math.ceil(math.e**2 * eps**2 / R**2)  # ln(1 + n R^2 / eps^2) / sqrt(n) falls once n R^2 / eps^2 >= e^2
+    n_ada = n + math.ceil(math.e**2 * eps / R**2)  # ln(1 + n R^2 / eps) / sqrt(n) falls once n R^2 / eps >= e^2
     ada = adagrad_bound(lr, eps, R, L, delta, d, n_ada)
     assert adagrad_bound(lr, eps, R, L * grow, delta, d, n_ada) >= ada
     assert adagrad_bound(lr, eps, R, L, delta + grow, d, n_ada) >= ada
@@ -335,8 +369,8 @@ NOISE = {"sigma2_x": 1.0, "sigma2_eps": 1.0, "batch_size": 4, "samples": 2}
 VAE = {"n": [1, 2], "lstar": 1.0, "layers": 2, "a": 1.0, "d": 3, "beta1": 0.9}
 IWAE = {"n": [1, 2], "lstar_k": 1.0, "d": 3, "batch_size": 2, "samples": 2}
 RATIO = {"sigma2_x": 1.0, "sigma2_eps": 1.0, "from_bk": (4, 1), "to_bk": (8, 1)}
-ALLOC = {"budget": 100, "L": 2.0, "sigma2_x": 1.0, "sigma2_eps": 1.0, "delta": 1.0, "c_gamma": 0.5,
-         "batch_sizes": [1, 2], "samples": [1, 2]}
+ALLOC = {"budget": 100, "sigma2_x": 1.0, "sigma2_eps": 1.0, "batch_sizes": [1, 2], "samples": [1, 2],
+         "bound": lambda B, K, n, sigma2: sigma2 + 1 / n}
 
 INVALID = [
     (noise_variance, NOISE, {"sigma2_x": -1.0}, "sigma2_x"),
@@ -374,8 +408,6 @@ INVALID = [
     (adam_bound, ADAM, {"delta": -1.0}, "delta"),
     (adam_bound, ADAM, {"d": 0}, "d"),
     (adam_bound, ADAM, {"n": 9}, "n"),  # beta1 / (1 - beta1) = 9
-    (adam_epsilon_defossez, {"eps": 1e-8, "beta2": 0.999}, {"eps": -1.0}, "eps"),
-    (adam_epsilon_defossez, {"eps": 1e-8, "beta2": 0.999}, {"beta2": 1.0}, "beta2"),
     (adagrad_bound, ADAGRAD, {"lr": -1.0}, "lr"),
     (adagrad_bound, ADAGRAD, {"eps": 0.0}, "eps"),
     (adagrad_bound, ADAGRAD, {"R": -1.0}, "R"),
@@ -405,11 +437,10 @@ INVALID = [
     (predict_noise_ratio, RATIO, {"to_bk": (4,)}, "to_bk"),
     (best_allocation, ALLOC, {"budget": 0}, "budget"),
     (best_allocation, ALLOC, {"budget": 1, "batch_sizes": [2], "samples": [2]}, "budget"),
-    (best_allocation, ALLOC, {"L": 0.0}, "L"),
-    (best_allocation, ALLOC, {"c_gamma": 1.0}, "c_gamma"),
     (best_allocation, ALLOC, {"sigma2_x": -1.0}, "sigma2_x"),
     (best_allocation, ALLOC, {"sigma2_eps": -1.0}, "sigma2_eps"),
-    (best_allocation, ALLOC, {"delta": -1.0}, "delta"),
+    (best_allocation, ALLOC, {"bound": 1.0}, "bound"),
+    (best_allocation, ALLOC, {"bound": lambda B, K, n, sigma2: math.nan}, "bound"),
     (best_allocation, ALLOC, {"batch_sizes": []}, "batch_sizes"),
     (best_allocation, ALLOC, {"batch_sizes": [0]}, "batch_sizes"),
     (best_allocation, ALLOC, {"samples": []}, "samples"),

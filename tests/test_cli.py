@@ -134,9 +134,10 @@ def test_successful_run_writes_all_outputs(tmp_path, capsys, argv, exact_log_lik
     assert cli([*argv, "--out", out]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
-    assert captured.out.count("\n") == 2  # the run's numbers, then its rate
+    assert captured.out.count("\n") == 3  # the run's numbers, its rate, its bound
     assert "35 steps" in captured.out and str(out) in captured.out
     assert captured.out.splitlines()[1].startswith("  rate: ") and "undetermined (1 seeds)" in captured.out
+    assert captured.out.splitlines()[2].startswith("  bound: ")
 
     # exactly the five outputs, no temporary files left behind
     assert {p.name for p in out.iterdir()} == OUTPUT_FILES

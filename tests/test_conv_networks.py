@@ -122,7 +122,8 @@ def test_data_driven_start_sets_one_output_bias_per_pixel() -> None:
     torch.testing.assert_close(torch.sigmoid(model.decoder(torch.randn(3, 100))), x.mean(0).expand(3, -1))
 
 
-def test_thirty_adam_steps_lower_the_elbo_loss_below_the_marginal_fit() -> None:
+@pytest.mark.parametrize(("activation", "gain"), [("relu", 300.0), ("softclip", 200.0)])
+def test_thirty_adam_steps_lower_the_elbo_loss_below_the_marginal_fit(activation, gain) -> None:
     gen = torch.Generator().manual_seed(0)
     # Binary 3x32x32 images: 4 random prototypes with 5% of pixels flipped. A decoder that ignores z can do
     # no better than the per-pixel entropy of the marginal; 30 steps must get below that by using z.
@@ -133,7 +134,7 @@ def test_thirty_adam_steps_lower_the_elbo_loss_below_the_marginal_fit() -> None:
     marginal_loss = -(p * p.log() + (1 - p) * (1 - p).log()).sum().item()
 
     torch.manual_seed(0)
-    model = build_vae(conv_config(latent_dim=8), D32)
+    model = build_vae(conv_config(latent_dim=8, activation=activation), D32)
     model.init_from_data_(x)
     objective, eps = ELBO(), torch.randn(1, 64, 8, generator=gen)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -146,5 +147,5 @@ def test_thirty_adam_steps_lower_the_elbo_loss_below_the_marginal_fit() -> None:
         losses.append(loss.item())
     final = -objective(model, x, torch.randn(1, 64, 8, generator=gen)).mean().item()
     assert losses[0] == pytest.approx(marginal_loss, rel=0.02)  # the data-driven start fits the marginal
-    # Measured: 1777 -> 1011 nats (the 5% flips alone cost 3072 * H(0.05) = 611).
-    assert final < marginal_loss - 300.0, (losses[0], final, marginal_loss)
+    # Measured: 1777 -> 1011 nats with ReLU, -> 1514 with soft-clipping (the 5% flips alone cost 3072 * H(0.05) = 611).
+    assert final < marginal_loss - gain, (losses[0], final, marginal_loss)

@@ -50,7 +50,8 @@ def test_full_gradient_approaches_the_exact_gradient_and_leaves_grads_alone(layo
 def test_the_squared_norm_is_unbiased_where_one_replicate_is_not(layout) -> None:
     """Over many independent single-draw evaluations of a Linear VAE, the mean estimate is the exact squared norm
     (within four standard errors of that mean), its standard error matches the spread of the estimates, and the
-    single-replicate reading sits above the exact value by more than that."""
+    single-replicate reading sits above the exact value by more than that; the objective's standard error matches
+    its spread too."""
     model = make_linear_vae(data_dim=4, latent_dim=2, seed=2)
     with torch.no_grad():  # few examples from the model itself: a small gradient next to its Monte Carlo noise
         x = model.marginal().sample((10,))
@@ -64,6 +65,9 @@ def test_the_squared_norm_is_unbiased_where_one_replicate_is_not(layout) -> None
     assert abs(values.mean().item() - exact_sq) < 4 * error_of_mean
     assert biased.mean().item() - exact_sq > 10 * error_of_mean  # the former reading's bias is resolved here
     assert se.square().mean().sqrt().item() == pytest.approx(values.std().item(), rel=0.2)
+    objective = torch.tensor([r.objective[0] for r in runs], dtype=torch.float64)
+    objective_se = torch.tensor([r.objective_se[0] for r in runs], dtype=torch.float64)
+    assert objective_se.square().mean().sqrt().item() == pytest.approx(objective.std().item(), rel=0.2)
 
 
 def test_evaluation_chunks_cover_the_data_once_in_eval_groups() -> None:
@@ -112,9 +116,10 @@ def test_chunks_in_one_vectorised_pass_give_each_chunk_its_own_gradient() -> Non
     generator = torch.Generator().manual_seed(0)
     chunks = [torch.randn(n, 4, generator=generator, dtype=torch.float64) for n in (7, 5, 7)]
     eps = [torch.randn(2, 2, len(c), 2, generator=generator, dtype=torch.float64) for c in chunks]
-    value, grads = ensemble.chunk_gradients(chunks, eps, 0.1)
+    values, grads = ensemble.chunk_gradients(chunks, eps, 0.1)
     one_by_one, expected = Ensemble.chunk_gradients(ensemble, chunks, eps, 0.1)
-    assert torch.allclose(value, one_by_one, rtol=1e-12)
+    for got, want in zip(values, one_by_one, strict=True):
+        assert got.shape == (2,) and torch.allclose(got, want, rtol=1e-12)
     for got, want in zip(grads, expected, strict=True):
         assert got.shape == want.shape == (2, want.shape[1]) and torch.allclose(got, want, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(grads[0], grads[2])  # chunks of equal size, different data

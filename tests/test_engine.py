@@ -14,7 +14,8 @@ from vaeconverge.data import load_dataset
 from vaeconverge.engine import train
 from vaeconverge.engine.recorder import default_eval_points, evaluation_steps
 
-LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "amsgrad": 3e-3, "rmsprop": 1e-3, "adagrad": 3e-2}
+LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "adam-defossez": 3e-3, "amsgrad": 3e-3, "rmsprop": 1e-3,
+                  "adagrad": 3e-2}
 
 
 def small_run(**overrides) -> RunConfig:

@@ -87,7 +87,7 @@ def test_engine_and_data_share_one_runtime() -> None:
 
 # The measured-run core's ideas, each implemented once: who may call them besides their own module.
 ONE_PLACE = {
-    "hvp_power_iteration": ("vaeconverge.diagnostics.constants", "vaeconverge.engine.recorder"),
+    "smoothness_estimate": ("vaeconverge.diagnostics.constants", "vaeconverge.engine.recorder"),
     "noise_from_gradients": ("vaeconverge.diagnostics.constants", "vaeconverge.engine.recorder"),
     "GradientNormTracker": ("vaeconverge.engine.recorder",),
     "assess_run": ("vaeconverge.theory.assessment", "vaeconverge.engine.recorder", "vaeconverge.cli.bound"),

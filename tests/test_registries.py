@@ -135,8 +135,15 @@ def test_every_built_in_optimizer_builds_its_class_and_is_recognised_back(name):
 
 def test_bounds_and_coupling_are_those_the_theory_and_the_ensemble_use():
     bounds = {name: spec.bound for name, spec in OPTIMIZERS.items() if spec.bound is not None}
-    assert bounds == {"sgd": "sgd", "adam": "adam", "amsgrad": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad"}
+    assert bounds == {"sgd": "sgd", "adam-defossez": "adam", "adagrad": "adagrad"}
+    for name, spec in OPTIMIZERS.items():
+        assert spec.bound in ("sgd", "adam", "adagrad") or spec.uncovered, name
     assert [name for name, spec in OPTIMIZERS.items() if spec.couples is not None] == ["adafactor"]
+
+
+def test_an_unregistered_optimizer_class_is_recognised_as_module_and_qualname():
+    optimizer = torch.optim.LBFGS([nn.Parameter(torch.zeros(2))])
+    assert recognise_optimizer(optimizer) == "torch.optim.lbfgs.LBFGS"
 
 
 @pytest.fixture

@@ -27,11 +27,12 @@ SPECS = (FIXTURES / "sweep-v1-vae.toml", FIXTURES / "sweep-v1-bbvi.toml")
 # option of to_dict() but threads, denormals and data_dir, as JSON with sorted keys), with the code of the
 # commit before run identity learnt to ignore new options at their defaults. They must never change.
 KNOWN_IDS = [
-    (RunConfig(), "6a9e5dbd8dd1d0f9"),
-    (BBVIConfig(), "f3664a18f95bcf4d"),
-    (RunConfig(seeds=(0, 1, 2), batch_size=16, optimizer="sgd", lr=0.05), "ceb6fdfad556f13e"),
+    (RunConfig(activation="relu", optimizer="adam"), "6a9e5dbd8dd1d0f9"),  # the defaults then
+    (BBVIConfig(optimizer="adam"), "f3664a18f95bcf4d"),
+    (RunConfig(seeds=(0, 1, 2), batch_size=16, optimizer="sgd", lr=0.05, activation="relu"), "ceb6fdfad556f13e"),
     (RunConfig(data="synthetic-linear", synthetic=SyntheticConfig(n_samples=200, noise_std=0.1), model="linear",
-               likelihood="gaussian", decoder_std=0.5, adam_betas=(0.8, 0.99)), "1a3fe5079c9f4855"),
+               likelihood="gaussian", decoder_std=0.5, adam_betas=(0.8, 0.99), activation="relu", optimizer="adam"),
+     "1a3fe5079c9f4855"),
     (BBVIConfig(target="logistic-regression", family="planar-flow", samples=8, batch_size=64, seeds=(0, 1, 2),
                 lr=1e-3, optimizer="sgd"), "725d8172d2a5e27b"),
 ]
@@ -40,6 +41,13 @@ KNOWN_IDS = [
 @pytest.mark.parametrize(("config", "expected"), KNOWN_IDS, ids=[expected for _, expected in KNOWN_IDS])
 def test_existing_configurations_keep_their_schema_1_ids(config, expected):
     assert run_id(config) == expected
+
+
+def test_today_s_defaults_name_new_runs():
+    """ReLU and torch's Adam were the defaults when the identifiers were fixed; soft-clipping and the analysed
+    Adam compute something else, so a configuration that leaves them unset is a run no old store holds."""
+    assert run_id(RunConfig()) != run_id(RunConfig(activation="relu", optimizer="adam")) == KNOWN_IDS[0][1]
+    assert run_id(BBVIConfig()) != run_id(BBVIConfig(optimizer="adam")) == KNOWN_IDS[1][1]
 
 
 def test_schema_1_tables_are_todays_options():
@@ -90,7 +98,8 @@ def test_a_new_nested_option_at_its_default_leaves_ids_unchanged():
     after = RunConfigV2Nested(data="synthetic-linear", synthetic=SyntheticConfigV2(**sizes))
     assert "outlier_fraction" in after.to_dict()["synthetic"] and "extra" in after.to_dict()
     assert run_id(after) == run_id(before)
-    assert run_id(RunConfigV2Nested()) == run_id(RunConfig()) == KNOWN_IDS[0][1]
+    old_defaults = {"activation": "relu", "optimizer": "adam"}
+    assert run_id(RunConfigV2Nested(**old_defaults)) == run_id(RunConfig(**old_defaults)) == KNOWN_IDS[0][1]
     outliers = dataclasses.replace(after, synthetic=SyntheticConfigV2(**sizes, outlier_fraction=0.1))
     assert run_id(outliers) != run_id(before)
     assert identity(outliers)["synthetic"] == {**identity(before)["synthetic"], "outlier_fraction": 0.1}

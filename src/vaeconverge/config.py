@@ -8,7 +8,7 @@ from typing import Any
 
 from .nn import ACTIVATIONS, MODELS, model_spec
 from .objectives import OBJECTIVES
-from .optim import OPTIMIZERS, bound_family, optimizer_spec
+from .optim import OPTIMIZERS, bound_family, optimizer_spec, uncovered_reason
 from .theory.run import AssessedRun
 from .validation import ConfigError, check_choice, check_nonnegative, check_optimizer_options, check_positive
 
@@ -41,7 +41,7 @@ class RunConfig:
     latent_dim: int = 10
     hidden: int = 200
     depth: int = 2
-    activation: str = "relu"
+    activation: str = "softclip"
     softclip_s: float = 5.0
     softclip_s1: float = 0.0
     softclip_s2: float = 50.0
@@ -54,7 +54,7 @@ class RunConfig:
     beta: float = 1.0
     # optimisation
     batch_size: int = 64
-    optimizer: str = "adam"
+    optimizer: str = "adam-defossez"  # Adam as Defossez et al. analyse it, so that the default run has a bound
     lr: float = 1e-3
     momentum: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -156,6 +156,7 @@ class RunConfig:
         linear = model_spec(self.model).linear
         return AssessedRun(
             optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
+            uncovered=uncovered_reason(self.optimizer),
             momentum=self.momentum, betas=self.adam_betas, schedule=self.schedule,
             schedule_power=self.schedule_power, batch_size=self.batch_size, samples=self.samples,
             layers=self.layers, objective=OBJECTIVES[self.objective].family,

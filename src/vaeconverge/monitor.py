@@ -35,14 +35,15 @@ from .config import ConfigError
 from .diagnostics import unbiased_squared_norm
 from .diagnostics.grad_norms import EVAL_GROUPS, add_to_group, evaluation_chunks
 from .engine.recorder import Recorder, Subject, diagnostics_seed
-from .optim import bound_family
+from .nn.activations import non_smooth_activation
+from .optim import DEFAULT_EPS, bound_family, uncovered_reason
 from .optim import recognise_optimizer as optimizer_name
 from .report.run_folder import write_measurements
 from .theory.run import AssessedRun
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
-# Examples the constants probes use, as in train: the Hessian's power iteration, and per-example gradients.
+# Examples the constants probes use, as in train: the Hessian's Lanczos iteration, and per-example gradients.
 SMOOTHNESS_EXAMPLES = 512
 NOISE_EXAMPLES = 256
 
@@ -82,16 +83,17 @@ class _UserLoop(Subject):
         """The full objective and the unbiased squared norm of its gradient (``diagnostics/squared_norm.py``): two
         independent replicates of ``eval_samples`` passes over the data, every pass in one order (a shuffling
         DataLoader is rewound), the batches dealt into :data:`EVAL_GROUPS` groups; the objective is the mean of
-        every loss seen (also sets ``n_examples`` and ``dim``)."""
+        every loss seen, with its standard error from the groups' differences between the replicates (as in
+        :func:`~vaeconverge.diagnostics.full_objective_gradient`; also sets ``n_examples`` and ``dim``)."""
         seed = diagnostics_seed(self.seeds[0])
         count, dims = 0, []
-        value = torch.zeros((), dtype=torch.float64)
         with self._isolated(seed):
             order = torch.get_rng_state(), [g.get_state() for g in self._data_generators()]
             noise: Tensor | None = None
-            terms = []
+            terms, values = [], []
             for _ in range(2):
                 groups: list[Tensor] = []
+                group_values: list[Tensor] = []
                 for _ in range(self.eval_samples):
                     batches = self._batches(order)
                     if noise is None:
@@ -104,16 +106,19 @@ class _UserLoop(Subject):
                                                     materialize_grads=True)
                         flat = torch.cat([g.reshape(-1) for g in grads])
                         add_to_group(groups, c, flat)
-                        value += losses.detach().double().sum().cpu()
+                        add_to_group(group_values, c, losses.detach().double().sum().cpu())
                         count += len(losses)
                         if not dims:
                             dims.append((batch if isinstance(batch, Tensor) else _first_tensor(batch))[0].numel())
                     noise = torch.get_rng_state()
                 terms.append(torch.stack(groups))
+                values.append(torch.stack(group_values))
         per_replicate = count // 2
         estimate = unbiased_squared_norm(*(t / per_replicate for t in terms))
         self.n_examples, self.dim = per_replicate // self.eval_samples, dims[0]
-        return [{"objective": value.item() / count, "grad_sq_norm": estimate.value.item(),
+        objective, objective_se = (values[0] + values[1]).sum() / count, (values[0] - values[1]).norm() / count
+        return [{"objective": objective.item(), "objective_se": objective_se.item(),
+                 "grad_sq_norm": estimate.value.item(),
                  "grad_sq_norm_se": estimate.se.item(), "grad_sq_norm_biased": estimate.biased.item(),
                  "log_likelihood": math.nan}]
 
@@ -349,14 +354,17 @@ class ConvergenceMonitor:
 
     def assessed(self) -> AssessedRun:
         """What the theory reads of this run: the optimizer in use and its hyperparameters, the measured B and
-        K, and the model's layers (its modules with a weight matrix)."""
+        K, the model's layers (its modules with a weight matrix) and whether a module of it is not smooth."""
         name = optimizer_name(self._optimizer) if self._optimizer is not None else "none"
         group = self._group()
         layers = sum(1 for m in self.model.modules() if getattr(m, "weight", None) is not None
                      and m.weight.dim() >= 2)
+        kink = non_smooth_activation(self.model)
         return AssessedRun(optimizer=name, bound_family=bound_family(name), lr=self._first_lr(),
                            momentum=float(group.get("momentum", 0.0)), betas=tuple(group.get("betas", (0.9, 0.999))),
-                           batch_size=self.batch_size, samples=self.samples, layers=max(layers, 1), seed=self.seed)
+                           eps=float(group.get("eps", DEFAULT_EPS)), batch_size=self.batch_size, samples=self.samples,
+                           layers=max(layers, 1), activation=kink or "none", smooth=kink is None,
+                           uncovered=uncovered_reason(name), seed=self.seed)
 
     def write(self, out_dir: str | Path, tensorboard: str | Path | None = None) -> Path:
         """Write metrics.csv, bands.csv, summary.json and convergence.png into ``out_dir`` (as ``train`` does),

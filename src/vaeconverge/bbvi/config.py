@@ -17,7 +17,7 @@ from ..config import (
     check_positive,
     check_seeds,
 )
-from ..optim import bound_family
+from ..optim import bound_family, uncovered_reason
 from ..theory.run import AssessedRun
 from .families import FAMILIES
 from .objectives import OBJECTIVES
@@ -36,7 +36,7 @@ class BBVIConfig:
     objective: str = "elbo"
     samples: int = 1  # K
     batch_size: int | None = None  # B; None: all N data (no minibatching)
-    optimizer: str = "adam"
+    optimizer: str = "adam-defossez"  # Adam as Defossez et al. analyse it, so that the default run has a bound
     lr: float = 1e-2
     momentum: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -68,6 +68,7 @@ class BBVIConfig:
         flow = self.family == "planar-flow"
         return AssessedRun(
             optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
+            uncovered=uncovered_reason(self.optimizer),
             momentum=self.momentum, betas=self.adam_betas, schedule=self.schedule,
             schedule_power=self.schedule_power, batch_size=self.batch_size or 0, samples=self.samples,
             layers=self.layers, objective=self.objective, activation="tanh" if flow else "none", smooth=True,

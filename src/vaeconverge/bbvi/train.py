@@ -25,7 +25,7 @@ from ..diagnostics import replica_squared_norms, unbiased_squared_norm
 from ..diagnostics.grad_norms import EVAL_GROUPS
 from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import run_steps
-from ..engine.recorder import Recorder, Subject, diagnostics_seed
+from ..engine.recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from ..optim import build_optimizer, build_schedule
 from ..runtime import flush_denormals, intra_op_threads
 from .config import BBVIConfig
@@ -94,23 +94,28 @@ class _Replicas(Subject):
 
     def measure(self) -> list[dict[str, float]]:
         """The full objective and the unbiased squared norm of its gradient (``diagnostics/squared_norm.py``):
-        each replicate's noise groups split into :data:`EVAL_GROUPS` parts, one gradient each."""
+        each replicate's noise groups split into :data:`EVAL_GROUPS` parts, one gradient each. The objective's
+        standard error: the parts' contributions a_g, b_g of the two replicates are independent with equal
+        variance, so Var(objective) = sum_g 2 Var(a_g) = sum_g Var(a_g - b_g), estimated by sum_g (a_g - b_g)^2."""
         eps = torch.stack([self._eval_noise(seed) for seed in self.seeds], dim=1)  # common random numbers
         groups = min(EVAL_GROUPS, self.config.eval_samples)
-        terms, value = [], 0.0
+        terms, values = [], []
         for replicate in eps:
-            parts = []
+            parts, contributions = [], []
             for part in replicate.tensor_split(groups, dim=1):
                 loss = self.loss(part) * (part.shape[1] / (2 * self.config.eval_samples))
                 grads = torch.autograd.grad(loss.sum(), self.params)
                 parts.append(torch.cat([g.reshape(len(self.seeds), -1) for g in grads], dim=1))
-                value = value + loss.detach()
+                contributions.append(loss.detach())
+            values.append(torch.stack(contributions))
             terms.append(torch.stack(parts) * 2)  # each replicate on its own estimates the whole gradient
         estimate = unbiased_squared_norm(*terms)
         evidence = math.nan if self.loss.target.log_evidence is None else self.loss.target.log_evidence
-        return [{"objective": v, "grad_sq_norm": g, "grad_sq_norm_se": se, "grad_sq_norm_biased": b,
+        value, se_value = (values[0] + values[1]).sum(0), (values[0] - values[1]).norm(dim=0)
+        return [{"objective": v, "objective_se": o, "grad_sq_norm": g, "grad_sq_norm_se": se, "grad_sq_norm_biased": b,
                  "log_likelihood": evidence}
-                for v, g, se, b in zip(value.tolist(), estimate.value.tolist(), estimate.se.tolist(),
+                for v, o, g, se, b in zip(value.tolist(), se_value.tolist(), estimate.value.tolist(),
+                                          estimate.se.tolist(),
                                        estimate.biased.tolist(), strict=True)]
 
     def _replica_loss(self, t: int) -> tuple[Callable[..., Tensor], dict[str, Tensor]]:
@@ -147,11 +152,13 @@ class _Replicas(Subject):
     def weights(self, t: int) -> list[Tensor]:
         return [p[t] for p in self.params]
 
-    def best_known(self, metrics: list[dict[str, float]]) -> tuple[float, str] | None:
-        """-log p(data) where the target knows it: -objective <= log p(data) for the ELBO and the IWAE bound."""
+    def objective_floor(self) -> ObjectiveFloor | None:
+        """-log p(data) where the target knows it: -objective >= -log p(data) for the ELBO and the IWAE bound
+        (a registered objective of another kind has no floor known here)."""
         evidence = self.loss.target.log_evidence
-        return None if evidence is None else (-evidence, "exact log evidence")
-
+        if evidence is None or self.config.objective not in ("elbo", "iwae"):
+            return None
+        return ObjectiveFloor(-evidence, "exact log evidence")
 
 def train(config: BBVIConfig, target: Target | None = None, progress: bool = True) -> BBVIResult:
     """Fit the configured family to ``target`` (default: the configured built-in), one replica per seed, all

@@ -6,24 +6,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import ConfigError
 from ..engine.checkpoint import atomic_write
 from ..engine.outputs import read_run
-from ..optim import schedule_factor
+from ..optim import bound_family, uncovered_reason
 from ..report.figures import plot_run
+from ..report.readings import bound_text, rate_text
 from ..sweeps.grid import config_from_dict
-from ..theory.assessment import ADAGRAD_EPS, ADAM_EPS, Constants, assess_run, compare_runs
-from ..theory.bounds import (
-    adagrad_bound,
-    adam_bound,
-    ghadimi_lan,
-    noise_variance,
-    sgd_constant_bound,
-    sgd_decreasing_bound,
+from ..theory.assessment import (
+    BOUND_NAMES,
+    REFERENCES,
+    Constants,
+    assess_run,
+    bound_curve,
+    compare_runs,
+    not_applicable,
 )
-from .readings import rate_text
+from ..theory.bounds import sgd_constant_bound, sgd_constant_step
+from ..theory.run import AssessedRun
 
 
 def _constants(option: str, run_dir: Path, summary: dict[str, Any]) -> Constants:
@@ -56,38 +56,46 @@ def bound_from_run(run_dir: Path, compare: Path | None = None) -> dict[str, Any]
 
 
 def bound_calculator(args: argparse.Namespace) -> dict[str, Any]:
-    """The bound for the optimizer named in ``args`` from constants given on the command line."""
+    """The bound for the optimizer named in ``args`` from constants given on the command line: the run
+    assessment's own bound (``theory.assessment``), refused where it refuses a run."""
     for flag, value in (("--L", args.L), ("--delta", args.delta), ("--lr", args.lr), ("--steps", args.steps)):
         if value is None:
             raise ConfigError(flag, "required without --from")
     if args.sigma2 is not None:
-        sigma2 = args.sigma2
+        sigma2_x, sigma2_eps = args.sigma2 * args.batch_size, 0.0
     elif args.sigma2_x is not None and args.sigma2_eps is not None:
-        sigma2 = noise_variance(args.sigma2_x, args.sigma2_eps, args.batch_size, args.samples)
+        sigma2_x, sigma2_eps = args.sigma2_x, args.sigma2_eps
     else:
         raise ConfigError("--sigma2", "required without --from (or give --sigma2-x and --sigma2-eps)")
-    factor = schedule_factor(args.schedule, args.schedule_power, 1)
-    gammas = args.lr * np.array([factor(t) for t in range(args.steps)])
-    inputs = {"L": args.L, "sigma2": sigma2, "delta": args.delta, "lr": args.lr, "steps": args.steps,
-              "schedule": args.schedule, "batch_size": args.batch_size, "samples": args.samples}
+    family = bound_family(args.optimizer)
+    if family in ("adam", "adagrad"):
+        for flag, value in (("--R", args.R), ("--d", args.d)):
+            if value is None:
+                raise ConfigError(flag, f"required for the {args.optimizer} bound")
+    run = AssessedRun(optimizer=args.optimizer, bound_family=family, lr=args.lr, betas=tuple(args.adam_betas),
+                      eps=args.eps, schedule=args.schedule, schedule_power=args.schedule_power,
+                      batch_size=args.batch_size, samples=args.samples, uncovered=uncovered_reason(args.optimizer))
     try:
-        if args.optimizer == "sgd":
-            bound = {"name": "ghadimi-lan", "value": ghadimi_lan(gammas, args.L, sigma2, args.delta),
-                     "optimal_constant_step_value": sgd_constant_bound(args.L, sigma2, args.delta, args.steps)}
-            if args.schedule == "sqrt" and args.schedule_power == 0.5 and args.lr <= 1 / args.L:
-                bound["closed_form_value"] = sgd_decreasing_bound(args.L, sigma2, args.delta, args.lr, args.steps)
-        else:
-            for flag, value in (("--R", args.R), ("--d", args.d)):
-                if value is None:
-                    raise ConfigError(flag, f"required for the {args.optimizer} bound")
-            inputs.update(R=args.R, d=args.d)
-            if args.optimizer == "adam":
-                value = adam_bound(args.lr, *args.adam_betas, ADAM_EPS, args.R, args.L, args.delta, args.d, args.steps)
-            else:
-                value = adagrad_bound(args.lr, ADAGRAD_EPS, args.R, args.L, args.delta, args.d, args.steps)
-            bound = {"name": f"defossez-{args.optimizer}", "value": value}
+        constants = Constants(L=args.L, sigma2_x=sigma2_x, sigma2_eps=sigma2_eps, R=args.R or 0.0, a=0.0,
+                              delta=args.delta, d=args.d or 1, batch_size=args.batch_size, samples=args.samples,
+                              delta_reference="given")
+        gammas = run.step_sizes(args.steps, 1)
+        reason = not_applicable(run, constants, gammas)
+        value = None if reason else float(bound_curve(run, constants, gammas, [args.steps])[0])
     except ValueError as exc:
         raise ConfigError("bound", str(exc)) from exc
+    if reason:
+        raise ConfigError("--optimizer", f"no bound applies: {reason}")
+    inputs = {"L": args.L, "sigma2": constants.sigma2, "delta": args.delta, "lr": args.lr, "steps": args.steps,
+              "schedule": args.schedule, "batch_size": args.batch_size, "samples": args.samples}
+    if family != "sgd":
+        inputs.update(R=args.R, d=args.d, eps=args.eps)
+    bound: dict[str, Any] = {"name": BOUND_NAMES[family], "status": "applicable", "reference": REFERENCES[family],
+                             "value": value}
+    if family == "sgd":
+        step = sgd_constant_step(args.L, constants.sigma2, args.delta, args.steps)
+        bound["constant_step"] = {"lr": step, "value": sgd_constant_bound(args.L, constants.sigma2, args.delta,
+                                                                         args.steps)}
     return {"inputs": inputs, "bound": bound}
 
 
@@ -101,6 +109,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  constants: L = {c['L']:.4g}, sigma2 = {c['sigma2']:.4g} (sigma2_x = {c['sigma2_x']:.4g}, "
                      f"sigma2_eps = {c['sigma2_eps']:.4g}, B = {c['batch_size']}, K = {c['samples']}), "
                      f"delta = {c['delta']:.4g} ({c['delta_reference']}), R = {c['R']:.4g}, d = {c['d']}")
+        lines.append("  provenance: " + ", ".join(f"{k} {v}" for k, v in c.get("provenance", {}).items()))
         ri = report["random_iterate"]
         lines.append(f"  measured: step-weighted random iterate E||grad||^2 = {ri['step_weighted_mean']:.4g}, "
                      f"uniform {ri['uniform_mean']:.4g}, running minimum {ri['running_min']:.4g}")
@@ -112,18 +121,18 @@ def format_report(report: dict[str, Any]) -> str:
     if shape:
         lines.append(f"  paper's {shape['name']} shape fitted to the measured curve: c1 = {shape['c1']:.3g} "
                      f"(1/sqrt n term), c2 = {shape['c2']:.3g} (log n / sqrt n noise term)")
-    if bound.get("value") is not None:
-        lines.append(f"  bound ({bound['name']}): E||grad L(theta_R)||^2 <= {bound['value']:.4g}")
+    if "run" in report:
+        lines.append(f"  bound: {bound_text(bound)}")
     else:
-        lines.append(f"  bound ({bound.get('name', 'none')}): not applicable: {bound.get('note', '')}")
-    for key, label in (("closed_form_value", "closed form, gamma_k = lr / sqrt k"),
-                       ("optimal_constant_step_value", "with the optimal constant step")):
-        if key in bound:
-            lines.append(f"    {label}: {bound[key]:.4g}")
-    if "best_allocation" in bound:
+        lines.append(f"  bound ({bound['name']}, {bound['reference']}): E||grad L(theta_R)||^2 <= {bound['value']:.4g}")
+    if "constant_step" in bound:
+        step = bound["constant_step"]
+        lines.append(f"    Ghadimi & Lan's constant step for n steps (Cor. 2.2), lr = {step['lr']:.4g}, comes with "
+                     f"the simpler bound {step['value']:.4g}")
+    if bound.get("best_allocation"):
         b = bound["best_allocation"]
-        lines.append(f"  for the same budget of B*K*n = {b['budget']} gradient evaluations the bound is smallest at "
-                     f"B = {b['batch_size']}, K = {b['samples']}, n = {b['steps']} ({b['bound']:.4g})")
+        lines.append(f"  the same bound over the same budget of B*K*n = {b['budget']} gradient evaluations is "
+                     f"smallest at B = {b['batch_size']}, K = {b['samples']}, n = {b['steps']} ({b['bound']:.4g})")
     if "comparison" in report:
         cmp = report["comparison"]
         old, new = cmp["from"], cmp["to"]

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from .. import config as cfg
 from ..config import ConfigError, RunConfig, SyntheticConfig
+from ..optim import DEFAULT_EPS
+from ..report.readings import bound_text, grad_text, rate_text
 from ..runtime import available_cores
-from .readings import grad_text, rate_text
 
 if TYPE_CHECKING:
     from ..sweeps import Executor, Store
@@ -181,6 +182,7 @@ def _run_bbvi(args: argparse.Namespace) -> int:
     print(f"{s['steps']} steps{seeds_text} in {s['seconds']:.1f}s: objective {s['objective']:.6g}, "
           f"{grad_text(s)}{gap}; wrote {out}")
     print(f"  rate: {rate_text(s['rate'])}")
+    print(f"  bound: {bound_text(s['bound'])}")
     return 0
 
 
@@ -203,12 +205,15 @@ def _bound_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, help="iterations n")
     g.add_argument("--batch-size", type=int, default=1, help="B (scales --sigma2-x, --sigma2-eps)")
     g.add_argument("--samples", type=int, default=1, help="K (scales --sigma2-eps)")
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adagrad"), default="sgd")
+    g.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default="sgd",
+                   help="the bound of its recursion; refused where none applies (as for a run)")
     g.add_argument("--schedule", choices=("constant", "sqrt"), default="sqrt")
     g.add_argument("--schedule-power", type=float, default=0.5)
     g.add_argument("--R", type=float, help="adam/adagrad: bound on the gradients' coordinates")
     g.add_argument("--d", type=int, help="adam/adagrad: number of parameters")
     g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
+    g.add_argument("--eps", type=float, default=DEFAULT_EPS,
+                   help="adam-defossez/adagrad: the recursion's epsilon, inside the square root")
     p.set_defaults(handler=_run_bound)
 
 
@@ -478,6 +483,7 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"{s['steps']} steps{seeds} in {s['seconds']:.1f}s{state}: objective {s['objective']:.6g}, "
           f"{grad_text(s)}, log_likelihood {log_lik}; wrote {out}")
     print(f"  rate: {rate_text(s['rate'])}")
+    print(f"  bound: {bound_text(s['bound'])}")
     return 0
 
 

@@ -1,15 +1,22 @@
 """Estimates of the constants the convergence bounds need (THEORY.md sections 4-5), from a model and its data.
 
-- L, the smoothness constant: the largest |eigenvalue| of the loss Hessian, by power iteration on
-  Hessian-vector products (torch.func, forward-over-reverse).
+Each estimate errs on the safe side, that is high, by a stated criterion, since a low constant lowers a bound:
+
+- L, the smoothness constant: the largest |eigenvalue| of the loss Hessian, by Lanczos (ARPACK through
+  ``scipy.sparse.linalg.eigsh``) on Hessian-vector products (torch.func, forward-over-reverse) run to
+  convergence (:func:`hessian_norm`), times the safety factor :data:`L_MARGIN` (:func:`smoothness_estimate`).
 - sigma_x^2 and sigma_eps^2, the between-example and Monte Carlo parts of the gradient noise
-  sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K), from per-example gradients under repeated noise draws.
-- R, the coordinate-wise bound on stochastic gradients that the Adam/Adagrad bounds assume, as a high
-  quantile of the infinity norm of minibatch gradients.
+  sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K), from per-example gradients under repeated noise draws:
+  upper confidence bounds, the estimates plus :data:`NOISE_UCB_Z` standard errors (:func:`decompose_variance`).
+- R, the coordinate-wise bound on stochastic gradients that the Adam/Adagrad bounds assume: the largest
+  |coordinate| of any gradient seen, which bounds every minibatch gradient made of those gradients.
+
+All three remain estimates over what was not seen: L at the points probed, the noise and R on the examples
+and noise draws used.
 
 ``fixed_noise_loss`` and ``example_gradient_draws`` are what a VAE ensemble plugs into the measured-run core
 (``engine/recorder.py``); BBVI and the ConvergenceMonitor plug in their own, and the estimators of L
-(:func:`hvp_power_iteration`) and of the noise (:func:`noise_from_gradients`) are shared.
+(:func:`smoothness_estimate`) and of the noise (:func:`noise_from_gradients`) are shared.
 
 Every estimate works on a snapshot of the trainable parameters through ``torch.func.functional_call``: the
 model is never modified and its parameters' ``.grad`` fields are left untouched.
@@ -21,7 +28,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
@@ -30,6 +39,21 @@ from ..models.vae import VAE
 from ..objectives import Objective, ObjectiveModule, draw_noise
 
 Params = dict[str, Tensor]
+
+L_MARGIN = 1.02
+"""Safety factor of :func:`smoothness_estimate` on the converged Lanczos value of :func:`hessian_norm`.
+
+A Ritz value lies inside the spectrum, so Lanczos approaches the largest |eigenvalue| from below; at
+convergence its relative error is within the residual tolerance ``tol`` (1e-6). In float32 models each
+Hessian-vector product is rounded to about 1e-7 relative per operation, accumulated over the sums of a
+forward and backward pass; a 2% margin covers both by orders of magnitude, and costs the bounds that use L
+at most 2% (Ghadimi-Lan's constant-step bound grows like sqrt(L) in its leading term)."""
+
+NOISE_UCB_Z = 2.0
+"""Standard errors added to the noise estimates of :func:`noise_from_gradients`: under a normal sampling
+distribution, a one-sided upper confidence bound at about 97.7% (Phi(2) = 0.9772) for each of sigma_x^2 and
+sigma_eps^2. Variance estimates are skewed to the right, so their lower tail, the one that matters here, is
+shorter than the normal's and the coverage higher."""
 
 
 def _split_state(module: nn.Module) -> tuple[Params, Params]:
@@ -54,10 +78,6 @@ def _subset(x: Tensor, max_examples: int, generator: torch.Generator) -> Tensor:
     return x[index.to(x.device)]
 
 
-def _dot(a: Params, b: Params) -> Tensor:
-    return sum((u * w).sum() for u, w in zip(a.values(), b.values(), strict=True))  # type: ignore[return-value]
-
-
 def _forward_over_reverse_hvp(loss: Callable[[Params], Tensor], params: Params) -> Callable[[Params], Params]:
     grad_fn = grad(loss)
 
@@ -76,55 +96,93 @@ def _reverse_over_reverse_hvp(loss: Callable[[Params], Tensor], params: Params) 
     return hvp
 
 
-def hvp_power_iteration(
+class _NonFiniteProduct(Exception):
+    """A Hessian-vector product with a NaN or an infinity: the Hessian has no finite norm to find."""
+
+
+def hessian_norm(
     loss: Callable[[dict[str, Tensor]], Tensor],
     params: dict[str, Tensor],
-    iters: int = 100,
-    tol: float = 1e-5,
+    generator: torch.Generator | None = None,
+    tol: float = 1e-6,
+) -> float:
+    """The largest |eigenvalue| of the Hessian of the scalar ``loss(params)`` at ``params``, by Lanczos run to
+    convergence.
+
+    ``scipy.sparse.linalg.eigsh(k=1, which="LM", tol=tol)`` (implicitly restarted Lanczos, ARPACK) on a
+    ``LinearOperator`` whose products are Hessian-vector products computed forward-over-reverse,
+    ``torch.func.jvp(torch.func.grad(loss), (params,), (v,))``, in the parameters' dtype and device, with
+    float64 vectors on the Lanczos side; the Hessian is never formed. ARPACK stops once the Ritz value's
+    residual is within ``tol`` of it relative, which bounds its relative distance to an eigenvalue; being a
+    Ritz value it lies inside the spectrum, below the largest |eigenvalue| (hence :data:`L_MARGIN` in
+    :func:`smoothness_estimate`). Should ARPACK not converge within 1000 restarts (about 19 products each)
+    a ``RuntimeError`` says so. With at most 2 parameters (too few for ARPACK) the Hessian is formed from the
+    products with the basis vectors and its eigenvalues are exact (``numpy.linalg.eigvalsh``).
+
+    The start vector, n standard normals for n parameters, is drawn first from ``generator`` (from torch's
+    global generator without one) whatever n, so that the value is reproducible and the draws that follow on
+    the same generator do not depend on the path taken. Should the Hessian map it to zero, which for a random
+    start means a zero Hessian with probability 1, the value is 0 (ARPACK cannot start from there); a
+    non-finite product gives NaN. Should forward-mode AD be unsupported by an op of ``loss`` (it was not for
+    any model of this package: Linear VAE, MLP VAEs with ReLU and with soft-clipping, Gaussian and Bernoulli
+    likelihoods), products fall back to reverse-over-reverse (``torch.func.vjp`` of the gradient), which gives
+    the same values at a higher memory cost.
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    params = {name: p.detach() for name, p in params.items()}
+    sizes = [p.numel() for p in params.values()]
+    n = sum(sizes)
+    if n == 0:
+        raise ValueError("the loss has no parameters to differentiate")
+    device = generator.device if generator is not None else None
+    start = torch.randn(n, generator=generator, dtype=torch.float64, device=device).cpu().numpy()
+
+    products = [_forward_over_reverse_hvp(loss, params)]
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        pieces = torch.tensor(np.asarray(v, dtype=np.float64).reshape(-1)).split(sizes)
+        tangent = {name: piece.view(p.shape).to(dtype=p.dtype, device=p.device)
+                   for (name, p), piece in zip(params.items(), pieces, strict=True)}
+        try:
+            product = products[-1](tangent)
+        except (RuntimeError, NotImplementedError):  # an op without a forward-mode derivative
+            if len(products) > 1:
+                raise
+            products.append(_reverse_over_reverse_hvp(loss, params))
+            product = products[-1](tangent)
+        out = torch.cat([product[name].reshape(-1) for name in params]).to("cpu", torch.float64).numpy()
+        if not np.isfinite(out).all():
+            raise _NonFiniteProduct
+        return out
+
+    try:
+        if not matvec(start).any():  # a random start in the null space: a zero Hessian, with probability 1
+            return 0.0
+        if n <= 2:
+            dense = np.column_stack([matvec(column) for column in np.eye(n)])
+            return float(np.abs(np.linalg.eigvalsh(0.5 * (dense + dense.T))).max())
+        operator = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+        top = eigsh(operator, k=1, which="LM", v0=start, tol=tol, maxiter=1000, return_eigenvectors=False)
+    except _NonFiniteProduct:
+        return math.nan
+    except ArpackNoConvergence as error:
+        raise RuntimeError(
+            f"Lanczos (ARPACK eigsh) did not find the Hessian's largest |eigenvalue| to relative tolerance {tol} "
+            f"within 1000 restarts on {n} parameters: its top eigenvalues may be clustered, or the "
+            "Hessian-vector products too inexact for that tolerance"
+        ) from error
+    return float(abs(top[0]))
+
+
+def smoothness_estimate(
+    loss: Callable[[dict[str, Tensor]], Tensor],
+    params: dict[str, Tensor],
     generator: torch.Generator | None = None,
 ) -> float:
-    """|lambda| of the largest-magnitude eigenvalue of the Hessian of the scalar ``loss(params)`` at ``params``.
-
-    Power iteration on Hessian-vector products computed forward-over-reverse,
-    ``torch.func.jvp(torch.func.grad(loss), (params,), (v,))``: one HVP costs a few gradients and the Hessian
-    is never formed. The start is a random unit vector drawn from ``generator``; the iteration stops after
-    ``iters`` products or once the Rayleigh quotient v^T H v changes by less than ``tol`` relative, and the
-    last Rayleigh quotient's absolute value is returned (its error shrinks like the square of the eigenvector's,
-    about ``tol / (1 - (lambda_2 / lambda_1)^2)`` relative at the stop). Should forward-mode AD be unsupported
-    by an op of ``loss`` (it was not for any model of this package: Linear VAE, MLP VAEs with ReLU and with
-    soft-clipping, Gaussian and Bernoulli likelihoods), products fall back to reverse-over-reverse
-    (``torch.func.vjp`` of the gradient), which gives the same values at a higher memory cost.
-    """
-    if iters < 1:
-        raise ValueError(f"iters must be positive, got {iters}")
-    params = {name: p.detach() for name, p in params.items()}
-    v = {
-        name: torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device) for name, p in params.items()
-    }
-    norm = _dot(v, v).sqrt()
-    v = {name: t / norm for name, t in v.items()}
-
-    hvp = _forward_over_reverse_hvp(loss, params)
-    try:
-        hv = hvp(v)
-    except (RuntimeError, NotImplementedError):  # an op without a forward-mode derivative
-        hvp = _reverse_over_reverse_hvp(loss, params)
-        hv = hvp(v)
-
-    previous = math.nan
-    rayleigh = 0.0
-    for step in range(iters):
-        if step > 0:
-            hv = hvp(v)
-        rayleigh = _dot(v, hv).item()
-        norm = _dot(hv, hv).sqrt().item()
-        if norm == 0.0:  # v lies in the Hessian's null space; a zero Hessian has L = 0
-            return abs(rayleigh)
-        if abs(rayleigh - previous) <= tol * abs(rayleigh):
-            break
-        previous = rayleigh
-        v = {name: t / norm for name, t in hv.items()}
-    return abs(rayleigh)
+    """L for the convergence bounds: :data:`L_MARGIN` x :func:`hessian_norm` (which see; same draws), an upper
+    bound on the Hessian's largest |eigenvalue| at ``params`` up to the Lanczos tolerance and rounding."""
+    return L_MARGIN * hessian_norm(loss, params, generator=generator)
 
 
 def fixed_noise_loss(
@@ -157,12 +215,11 @@ def smoothness(
     x: Tensor,
     generator: torch.Generator,
     max_examples: int = 512,
-    iters: int = 100,
 ) -> float:
-    """L at the model's current parameters: the top |eigenvalue| of the Hessian of :func:`fixed_noise_loss`,
-    whose draws come first from ``generator``, then the power iteration's start vector."""
+    """L at the model's current parameters: :func:`smoothness_estimate` of :func:`fixed_noise_loss`, whose
+    draws come first from ``generator``, then the Lanczos start vector."""
     loss, params = fixed_noise_loss(model, objective, x, generator, max_examples)
-    return hvp_power_iteration(loss, params, iters=iters, generator=generator)
+    return smoothness_estimate(loss, params, generator=generator)
 
 
 def per_example_gradients(
@@ -198,15 +255,37 @@ def per_example_gradients(
     return flat.transpose(0, 1)
 
 
-def decompose_variance(grads: Tensor) -> tuple[float, float]:
-    """(between-example variance, Monte Carlo variance per draw) of gradients ``grads`` of shape (n, draws, P),
-    each summed over the P coordinates.
+@dataclass(frozen=True)
+class VarianceParts:
+    """The two parts of the variance of one gradient draw, each summed over the coordinates, with standard
+    errors: ``between`` (between examples, Var_x E[g | x]) and ``mc`` (Monte Carlo, E_x Var[g | x])."""
+
+    between: float
+    mc: float
+    between_se: float
+    mc_se: float
+
+    def upper(self, z: float) -> tuple[float, float]:
+        """(between, mc) upper confidence bounds: each estimate plus ``z`` standard errors."""
+        return self.between + z * self.between_se, self.mc + z * self.mc_se
+
+
+def decompose_variance(grads: Tensor) -> VarianceParts:
+    """Between-example and Monte Carlo variance per draw of gradients ``grads`` of shape (n, draws, P), each
+    summed over the P coordinates, with their standard errors.
 
     Law of total variance for g = g(x, eps), x uniform over examples and eps the noise:
     Var g = Var_x E[g | x] + E_x Var[g | x]. The second term, the Monte Carlo variance of one draw, is estimated
-    without bias by the mean over examples of the unbiased variance across draws. The variance across examples
-    of the per-example mean over draws estimates Var_x E[g | x] + E_x Var[g | x] / draws, so the between-example
-    part is that minus (Monte Carlo variance) / draws, clamped at 0.
+    without bias by ``mc``, the mean over examples of m_i, example i's unbiased variance across draws. The
+    variance across examples of the per-example means over draws, sum_i s_i / (n - 1) with s_i the squared
+    deviation of example i's mean from the overall mean, estimates Var_x E[g | x] + E_x Var[g | x] / draws, so
+    ``between`` is that minus ``mc`` / draws, clamped at 0.
+
+    Standard errors, for independent examples: ``mc_se`` = std(m_i) / sqrt(n), exact for a mean of i.i.d.
+    terms. ``between`` before clamping is the mean of t_i = s_i n / (n - 1) - m_i / draws; by the delta method,
+    which holds the overall mean fixed (its variation is of order 1 / n relative), ``between_se`` =
+    std(t_i) / sqrt(n): the standard error of the squared deviations' part combined with ``mc_se`` / draws,
+    their covariance included.
     """
     if grads.dim() != 3:
         raise ValueError(f"grads must have shape (n, draws, P), got {tuple(grads.shape)}")
@@ -219,15 +298,23 @@ def decompose_variance(grads: Tensor) -> tuple[float, float]:
     within = torch.zeros_like(mean)
     for d in range(draws):
         within += (grads[:, d] - mean).square_()
-    mc = within.sum(dim=-1).mean().item() / (draws - 1)
-    between = (mean - mean.mean(dim=0)).square_().sum().item() / (n - 1) - mc / draws
-    return max(between, 0.0), mc
+    mc_terms = within.sum(dim=-1).double() / (draws - 1)  # (n,) per-example variances across draws
+    spread = (mean - mean.mean(dim=0)).square_().sum(dim=-1).double()  # (n,) squared deviations
+    between_terms = spread * (n / (n - 1)) - mc_terms / draws
+    root_n = math.sqrt(n)
+    return VarianceParts(
+        between=max(between_terms.mean().item(), 0.0),
+        mc=mc_terms.mean().item(),
+        between_se=between_terms.std().item() / root_n,
+        mc_se=mc_terms.std().item() / root_n,
+    )
 
 
 @dataclass(frozen=True)
 class GradientNoise:
     """Gradient-noise constants: sigma_x^2 (between examples), sigma_eps^2 (Monte Carlo, per single noise
-    sample) and R, the coordinate-wise bound on minibatch gradients."""
+    sample) and R, the coordinate-wise bound on minibatch gradients; as :func:`noise_from_gradients` makes
+    them, upper confidence bounds and the largest coordinate seen."""
 
     sigma2_x: float
     sigma2_eps: float
@@ -243,10 +330,8 @@ def gradient_noise(
     model: VAE,
     objective: Objective,
     x: Tensor,
-    batch_size: int,
     generator: torch.Generator,
     max_examples: int = 256,
-    quantile: float = 0.99,
 ) -> GradientNoise:
     """sigma_x^2, sigma_eps^2 and R at the model's current parameters, from two noise draws per example.
 
@@ -254,7 +339,7 @@ def gradient_noise(
     :func:`noise_from_gradients` (which see).
     """
     grads = example_gradient_draws(model, objective, x, generator, max_examples)
-    return noise_from_gradients(grads, batch_size, objective.samples, generator, quantile)
+    return noise_from_gradients(grads, objective.samples)
 
 
 def example_gradient_draws(model: VAE, objective: Objective, x: Tensor, generator: torch.Generator,
@@ -265,33 +350,26 @@ def example_gradient_draws(model: VAE, objective: Objective, x: Tensor, generato
     return per_example_gradients(model, objective, x, draws=2, generator=generator)
 
 
-def noise_from_gradients(grads: Tensor, batch_size: int, samples: int, generator: torch.Generator,
-                         quantile: float = 0.99, examples_per_row: int = 1) -> GradientNoise:
+def noise_from_gradients(grads: Tensor, samples: int, examples_per_row: int = 1) -> GradientNoise:
     """sigma_x^2, sigma_eps^2 and R from gradients ``grads`` of shape (rows, draws, P): row r holds independent
     Monte Carlo draws of the gradient of one unit of ``examples_per_row`` examples (1: per-example gradients of
     a VAE; B: a BBVI minibatch, whose examples share one draw of the noise), each with ``samples`` samples.
 
-    :func:`decompose_variance` splits the variance of one draw into its between-unit and Monte Carlo parts,
-    which give sigma_x^2 = ``examples_per_row`` x (between) and sigma_eps^2 = ``examples_per_row`` x ``samples`` x
-    (Monte Carlo), so that sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K). R, the stochastic gradients'
-    coordinate-wise bound that the Adam/Adagrad bounds assume, is the ``quantile`` of ||g_B||_inf over 200
-    minibatch gradients g_B, each the mean of the first-draw gradients of batch_size / examples_per_row units
-    drawn without replacement (from generator).
+    :func:`decompose_variance` splits the variance of one draw into its between-unit and Monte Carlo parts;
+    their upper confidence bounds at :data:`NOISE_UCB_Z` standard errors give sigma_x^2 = ``examples_per_row``
+    x (between) and sigma_eps^2 = ``examples_per_row`` x ``samples`` x (Monte Carlo), so that
+    sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K) errs high with the stated confidence.
+
+    R, the stochastic gradients' coordinate-wise bound that the Adam/Adagrad bounds assume, is the largest
+    |coordinate| of any gradient in ``grads``, every row and every draw. A minibatch gradient is a mean of such
+    gradients, so none made of those seen can exceed it; it is the largest seen, not a quantile, and still an
+    estimate for examples and noise draws not seen.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-    between, mc_per_draw = decompose_variance(grads)
-    n = len(grads)
-    batch = min(max(batch_size // examples_per_row, 1), n)
-    n_batches = 200
-    # Row r of `select` averages a uniformly random subset of `batch` units: ranks of i.i.d. uniforms.
-    chosen = torch.rand(n_batches, n, generator=generator, device=generator.device).argsort(dim=1)[:, :batch]
-    select = torch.zeros(n_batches, n, dtype=grads.dtype, device=generator.device)
-    select.scatter_(1, chosen, 1.0 / batch)
-    minibatch = select.to(grads.device) @ grads[:, 0]
-    sup_norms = minibatch.abs().amax(dim=1)
-    R = torch.quantile(sup_norms.double(), quantile).item()
+    if samples < 1:
+        raise ValueError(f"samples must be positive, got {samples}")
+    if examples_per_row < 1:
+        raise ValueError(f"examples_per_row must be positive, got {examples_per_row}")
+    between, mc_per_draw = decompose_variance(grads).upper(NOISE_UCB_Z)
     return GradientNoise(sigma2_x=examples_per_row * between,
-                         sigma2_eps=examples_per_row * samples * mc_per_draw, R=R)
+                         sigma2_eps=examples_per_row * samples * mc_per_draw,
+                         R=grads.abs().amax().item())

@@ -34,7 +34,7 @@ class Replicas(Protocol):
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
     def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...
 
 
 # Each replicate of the full gradient is summed over this many groups of examples, whose differences between
@@ -44,11 +44,13 @@ EVAL_GROUPS = 8
 
 @dataclass(frozen=True)
 class FullGradient:
-    """Per replica: the full objective (average negative objective per example, over both replicates) and the
-    squared norm of its gradient: ``grad_sq_norm`` unbiased, its standard error ``grad_sq_norm_se``, and
-    ``grad_sq_norm_biased``, the squared norm of one replicate (what a single evaluation reports)."""
+    """Per replica: the full objective (average negative objective per example, over both replicates) with its
+    Monte Carlo standard error ``objective_se``, and the squared norm of its gradient: ``grad_sq_norm``
+    unbiased, its standard error ``grad_sq_norm_se``, and ``grad_sq_norm_biased``, the squared norm of one
+    replicate (what a single evaluation reports)."""
 
     objective: list[float]
+    objective_se: list[float]
     grad_sq_norm: list[float]
     grad_sq_norm_se: list[float]
     grad_sq_norm_biased: list[float]
@@ -67,14 +69,18 @@ def full_objective_gradient(
 
     The data are split into chunks (see :func:`evaluation_chunks`), each chunk's gradient going to its group, so
     the cost is two passes of ``eval_samples`` draws over the data. Replica t draws its noise from
-    ``generators[t]`` alone, so its value does not depend on the others. Uses ``torch.autograd.grad``: the
-    parameters' ``.grad`` fields are left untouched. ``x`` as stored: uint8 pixels are converted a chunk at a time.
+    ``generators[t]`` alone, so its value does not depend on the others. The objective's standard error comes
+    from the groups' differences between the replicates, d_g: each replicate's group values are independent
+    with equal variance, so Var(objective) = sum_g Var(d_g) / 4, estimated by sum_g d_g^2 / 4. Uses
+    ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. ``x`` as stored: uint8 pixels
+    are converted a chunk at a time.
     """
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
-    terms, value = [], torch.zeros(len(generators), dtype=torch.float64)
+    terms, values = [], []
     for _ in range(2):
         groups: list[torch.Tensor] = []
+        group_values: list[torch.Tensor] = []
         for _ in range(eval_samples):
             batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
             for c, chunk in evaluation_chunks(x, chunk_size):
@@ -83,24 +89,29 @@ def full_objective_gradient(
                                    for g in generators])
                 batch.append((c, chunk, eps))
                 if sum(len(b) for _, b, _ in batch) >= chunk_size:  # at most about chunk_size examples per pass
-                    value += _accumulate(replicas, batch, scale, groups)
+                    _accumulate(replicas, batch, scale, groups, group_values)
             if batch:
-                value += _accumulate(replicas, batch, scale, groups)
+                _accumulate(replicas, batch, scale, groups, group_values)
         terms.append(torch.stack(groups))
+        values.append(torch.stack(group_values))  # (groups, T)
     estimate = unbiased_squared_norm(*terms)
-    return FullGradient(objective=(value / 2).tolist(), grad_sq_norm=estimate.value.tolist(),
+    objective = (values[0] + values[1]).sum(0) / 2
+    objective_se = (values[0] - values[1]).square().sum(0).sqrt() / 2
+    return FullGradient(objective=objective.tolist(), objective_se=objective_se.tolist(),
+                        grad_sq_norm=estimate.value.tolist(),
                         grad_sq_norm_se=estimate.se.tolist(), grad_sq_norm_biased=estimate.biased.tolist())
 
 
 def _accumulate(replicas: Replicas, batch: list[tuple[int, torch.Tensor, torch.Tensor]], scale: float,
-                groups: list[torch.Tensor]) -> torch.Tensor:
-    """Evaluate the chunks of ``batch`` together, add each one's gradient to its group, empty the batch; returns
-    their summed losses (T,)."""
-    value, grads = replicas.chunk_gradients([chunk for _, chunk, _ in batch], [eps for _, _, eps in batch], scale)
-    for (c, _, _), grad in zip(batch, grads, strict=True):
+                groups: list[torch.Tensor], group_values: list[torch.Tensor]) -> None:
+    """Evaluate the chunks of ``batch`` together, add each one's gradient and loss (T,) to its group, empty the
+    batch."""
+    losses, grads = replicas.chunk_gradients([chunk for _, chunk, _ in batch], [eps for _, _, eps in batch],
+                                             scale)
+    for (c, _, _), loss, grad in zip(batch, losses, grads, strict=True):
         add_to_group(groups, c, grad)
+        add_to_group(group_values, c, loss.double())
     batch.clear()
-    return value.double()
 
 
 def evaluation_chunks(data: torch.Tensor, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:

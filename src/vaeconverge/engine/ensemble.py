@@ -89,17 +89,17 @@ class Ensemble(ABC):
         """Each replica's gradient as one vector, (T, P) (any padding zero); ``grads`` match :meth:`parameters`."""
 
     def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """For a loss of ``-scale`` times the summed objective values of each chunk (B_c, D) under its noise
-        (T, K, B_c, latent): the losses summed over chunks (T,), and each chunk's gradient, flattened (T, P).
+        (T, K, B_c, latent): each chunk's loss (T,) and gradient, flattened (T, P).
         One chunk after another here; :class:`VectorisedEnsemble` takes them in one pass."""
-        params, total, grads = self.parameters(), 0.0, []
+        params, losses, grads = self.parameters(), [], []
         for chunk, noise in zip(chunks, eps, strict=True):
             loss = -self(chunk, noise).sum(-1) * scale
             grads.append(self.flatten(torch.autograd.grad(loss.sum(), params, allow_unused=True,
                                                           materialize_grads=True)))
-            total = total + loss.detach()
-        return total, grads
+            losses.append(loss.detach())
+        return losses, grads
 
     @abstractmethod
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
@@ -162,7 +162,7 @@ class VectorisedEnsemble(Ensemble):
         return torch.cat(list(grads), dim=1)
 
     def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """All chunks in one pass: each replica's parameters repeated once per chunk (detached copies), so that the
         C chunks, zero-padded to one length and masked, are T x C replicas of one batched evaluation whose single
         backward pass yields every chunk's own gradient."""
@@ -180,7 +180,7 @@ class VectorisedEnsemble(Ensemble):
         losses = -(values.view(replicas, count, longest) * mask).sum(-1) * scale
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         flat = torch.cat(grads, dim=1).view(replicas, count, -1)
-        return losses.detach().sum(1), list(flat.unbind(1))
+        return list(losses.detach().unbind(1)), list(flat.unbind(1))
 
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         for g in grads:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..diagnostics import GradientNoise, GradientNormTracker, hvp_power_iteration, noise_from_gradients
-from ..theory.assessment import Constants, assess_run
+from ..diagnostics import GradientNoise, GradientNormTracker, noise_from_gradients, smoothness_estimate
+from ..theory.assessment import ESTIMATED, Constants, assess_run
 from ..theory.run import AssessedRun
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less often
@@ -45,6 +45,7 @@ METRIC_COLUMNS = (
     "epoch",
     "lr",
     "objective",
+    "objective_se",
     "grad_sq_norm",
     "grad_sq_norm_se",
     "grad_sq_norm_biased",
@@ -115,12 +116,40 @@ def probe_maxima(probes: Sequence[Probe]) -> dict[str, float]:
             "a": max(p.weight_bound for p in probes)}
 
 
-def constants_from_probes(probes: Sequence[Probe], start: float, best: float, reference: str, d: int,
-                          batch_size: int, samples: int) -> Constants:
-    """:func:`probe_maxima` over ``probes``, and delta = ``start`` - ``best`` (at least 0), the objective at
-    initialisation minus the best value known (described by ``reference``)."""
-    return Constants(**probe_maxima(probes), delta=max(start - best, 0.0), d=d, batch_size=batch_size,
-                     samples=samples, delta_reference=reference)
+# The starting objective enters delta as its measured value plus this many Monte Carlo standard errors.
+START_MARGIN_SE = 3.0
+
+
+@dataclass(frozen=True)
+class ObjectiveFloor:
+    """A value the objective (to be minimised) cannot go below, and what it is. ``exact``: it is the infimum
+    itself (a closed-form optimum), not only a lower bound on it."""
+
+    value: float
+    reference: str
+    exact: bool = False
+
+
+def constants_from_probes(probes: Sequence[Probe], start_rows: Sequence[dict[str, float]],
+                          floor: ObjectiveFloor | None, lowest: float, d: int, batch_size: int, samples: int
+                          ) -> Constants:
+    """:func:`probe_maxima` over ``probes``, and delta = start - floor (at least 0), with their provenance.
+
+    The start is the largest over the replicas' first rows (``start_rows``) of the objective plus
+    :data:`START_MARGIN_SE` standard errors. Against a ``floor``, delta is "provable" (up to that margin), or
+    "exact" where the floor is the infimum and the start has no Monte Carlo error; without one it is measured
+    against the ``lowest`` objective seen, an "estimate" that the run may not have reached the infimum.
+    """
+    errors = [row.get("objective_se", math.nan) for row in start_rows]
+    start = max(row["objective"] + START_MARGIN_SE * (se if math.isfinite(se) else 0.0)
+                for row, se in zip(start_rows, errors, strict=True))
+    if floor is None:
+        delta, reference, provenance = start - lowest, "lowest objective measured", "estimate"
+    else:
+        exact = floor.exact and all(se == 0.0 for se in errors)
+        delta, reference, provenance = start - floor.value, floor.reference, "exact" if exact else "provable"
+    return Constants(**probe_maxima(probes), delta=max(delta, 0.0), d=d, batch_size=batch_size,
+                     samples=samples, delta_reference=reference, provenance={**ESTIMATED, "delta": provenance})
 
 
 class Subject(ABC):
@@ -163,8 +192,9 @@ class Subject(ABC):
         """The context the probe of replica t runs in (seeded ``seed``); nothing by default."""
         return contextlib.nullcontext()
 
-    def best_known(self, metrics: Sequence[dict[str, float]]) -> tuple[float, str] | None:
-        """The lowest objective value known in closed form, and what it is; None: the lowest one measured."""
+    def objective_floor(self) -> ObjectiveFloor | None:
+        """A value the objective provably cannot go below (None: none is known, and delta is measured against
+        the lowest objective seen)."""
         return None
 
 
@@ -259,7 +289,7 @@ class Recorder:
                 if self.strict:
                     raise TrainingDiverged(step, seed)
                 warnings.warn(f"the full objective is not finite at step {step}", stacklevel=3)
-            full = {"kl": math.nan, "active_units": math.nan} | row | {
+            full = {"kl": math.nan, "active_units": math.nan, "objective_se": math.nan} | row | {
                 "seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": window,
                 "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
             rows.append({key: full[key] for key in METRIC_COLUMNS})
@@ -272,26 +302,25 @@ class Recorder:
 
     def probe(self, t: int, step: int) -> Probe:
         """Smoothness, gradient noise and largest weight of replica t at its current parameters, all drawn
-        from one generator seeded by :func:`probe_seed`: the fixed-noise loss's draws, the power iteration's
-        start, the gradient draws, then the minibatches of R."""
+        from one generator seeded by :func:`probe_seed`: the fixed-noise loss's draws, the Lanczos start vector,
+        then the gradient draws."""
         seed = probe_seed(self.subject.seeds[t], step)
         generator = torch.Generator().manual_seed(seed)
         with self.subject.probing(t, seed):
             loss, params = self.subject.fixed_noise_loss(t, generator, seed)
-            L = hvp_power_iteration(loss, params, generator=generator)
+            L = smoothness_estimate(loss, params, generator=generator)
             grads = self.subject.gradient_draws(t, generator, seed)
-        noise = noise_from_gradients(grads, self.subject.batch_size, self.subject.samples, generator,
-                                     examples_per_row=self.subject.examples_per_row)
+        noise = noise_from_gradients(grads, self.subject.samples, examples_per_row=self.subject.examples_per_row)
         weight_bound = max(p.detach().abs().max().item() for p in self.subject.weights(t))
         return Probe(L=L, noise=noise, weight_bound=weight_bound, seed=self.subject.seeds[t])
 
     def constants(self) -> Constants | None:
-        """The constants over every probe so far (None without probes), delta against the best objective known."""
+        """The constants over every probe so far (None without probes), delta against the subject's floor."""
         if not self.probes:
             return None
-        known = self.subject.best_known(self.metrics)
-        best, reference = known or (min(row["objective"] for row in self.metrics), "lowest objective measured")
-        return constants_from_probes(self.probes, self.metrics[0]["objective"], best, reference,
+        first = self.metrics[0]["step"]
+        return constants_from_probes(self.probes, [row for row in self.metrics if row["step"] == first],
+                                     self.subject.objective_floor(), min(row["objective"] for row in self.metrics),
                                      self.subject.parameters, self.subject.batch_size, self.subject.samples)
 
     def summary(self, run: AssessedRun, *, config: dict[str, Any], data: dict[str, Any], interrupted: bool,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -18,14 +18,14 @@ from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
 from ..diagnostics.posterior import posterior_usage
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
-from ..objectives import ELBO, OBJECTIVES, build_objective, draw_noise
+from ..objectives import ELBO, IWAE, OBJECTIVES, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
 from ..runtime import flush_denormals, intra_op_threads
 from .checkpoint import FORMAT, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import run_steps
 from .plan import Plan, plan, step_flops
-from .recorder import Recorder, Subject, diagnostics_seed
+from .recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 
 
 @dataclass
@@ -72,7 +72,8 @@ class EnsembleSubject(Subject):
         full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators)
         rows = []
         for t in range(len(self.seeds)):
-            row = {"objective": full.objective[t], "grad_sq_norm": full.grad_sq_norm[t],
+            row = {"objective": full.objective[t], "objective_se": full.objective_se[t],
+                   "grad_sq_norm": full.grad_sq_norm[t],
                    "grad_sq_norm_se": full.grad_sq_norm_se[t], "grad_sq_norm_biased": full.grad_sq_norm_biased[t],
                    "log_likelihood": math.nan, "kl": math.nan, "active_units": math.nan}
             if math.isfinite(row["objective"]):  # a diverged model has no usable closed forms
@@ -94,7 +95,7 @@ class EnsembleSubject(Subject):
             loss = -model.exact_elbo(x, self.ensemble.objective.beta).mean()
             grads = torch.autograd.grad(loss, list(model.parameters()))
             out |= {"objective": loss.item(), "grad_sq_norm": sum(g.square().sum() for g in grads).item(),
-                    "grad_sq_norm_se": 0.0}
+                    "objective_se": 0.0, "grad_sq_norm_se": 0.0}
         return out
 
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
@@ -107,12 +108,27 @@ class EnsembleSubject(Subject):
     def weights(self, t: int) -> list[torch.Tensor]:
         return list(self.ensemble.replica(t).parameters())
 
-    def best_known(self, metrics: Sequence[dict[str, float]]) -> tuple[float, str] | None:
-        """The closed-form pPCA optimum of a Linear VAE, where the objective's maximum is log p(x)."""
+    @cached_property
+    def floor(self) -> ObjectiveFloor | None:
+        """The closed-form pPCA optimum of a Linear VAE where the objective's maximum is log p(x); else, for the
+        ELBO (any beta >= 0) and the IWAE bound, which lie below sup_z log p(x | z), the mean over the data of
+        minus the likelihood's ceiling (None where it has none, as under a learned variance)."""
         exact_optimum = not OBJECTIVES[self.config.objective].uses_beta or self.config.beta == 1.0
-        if not self.linear or self.ppca_log_likelihood is None or not exact_optimum:
+        if self.linear and self.ppca_log_likelihood is not None and exact_optimum:
+            return ObjectiveFloor(-self.ppca_log_likelihood, "closed-form pPCA optimum", exact=True)
+        if not isinstance(self.ensemble.objective, (ELBO, IWAE)):
             return None
-        return -self.ppca_log_likelihood, "closed-form pPCA optimum"
+        likelihood = self.ensemble.template.likelihood
+        total = 0.0
+        for chunk in self.x.split(4096):
+            ceiling = likelihood.log_prob_ceiling(as_float(chunk))
+            if ceiling is None:
+                return None
+            total += ceiling.double().sum().item()
+        return ObjectiveFloor(-total / len(self.x), f"likelihood ceiling: {likelihood.ceiling}")
+
+    def objective_floor(self) -> ObjectiveFloor | None:
+        return self.floor
 
     @cached_property
     def ppca_log_likelihood(self) -> float | None:

@@ -141,6 +141,15 @@ class BernoulliLikelihood(nn.Module):
         """Output bias that makes the decoder start at the data's marginal means: their logits."""
         return torch.logit(data.mean.clamp(1e-3, 1 - 1e-3))
 
+    ceiling = "sum of the pixels' binary entropies"
+
+    def log_prob_ceiling(self, x: torch.Tensor) -> torch.Tensor | None:
+        """sup over the logits of log p(x | z), per example: -sum_j H_b(x_j), the binary entropies of the values
+        (0 for binary data); None where a value lies outside [0, 1] (then the likelihood is unbounded)."""
+        if x.min() < 0 or x.max() > 1:
+            return None
+        return (torch.xlogy(x, x) + torch.xlogy(1 - x, 1 - x)).sum(-1)
+
     def log_prob(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         # x l - softplus(l): the negated binary cross-entropy with logits, in three elementwise kernels.
         return (x * logits - F.softplus(logits)).sum(-1)
@@ -171,6 +180,18 @@ class GaussianLikelihood(nn.Module):
     @property
     def variance(self) -> torch.Tensor:
         return (2.0 * self.log_std).exp()
+
+    @property
+    def ceiling(self) -> str:
+        return f"Gaussian density at its mode, (D/2) log(2 pi c^2) with c = {self.log_std.exp().min().item():.4g}"
+
+    def log_prob_ceiling(self, x: torch.Tensor) -> torch.Tensor | None:
+        """sup over the mean of log p(x | z), per example: -(D/2) log(2 pi c^2) for a fixed c (the smallest c of
+        stacked replicas, so that it bounds each); None for a learned c, under which the density is unbounded."""
+        if isinstance(self.log_std, nn.Parameter):
+            return None
+        log_std = self.log_std.min()
+        return torch.full(x.shape[:-1], -0.5 * x.shape[-1] * (LOG_2PI + 2.0 * log_std.item()), dtype=x.dtype)
 
     def log_prob(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         dim = x.shape[-1]

@@ -67,3 +67,20 @@ def register_activation(spec: ActivationSpec) -> ActivationSpec:
 def activation_spec(name: str) -> ActivationSpec:
     """The registered entry called ``name``; a ValueError listing the known names otherwise."""
     return ACTIVATIONS.lookup(name)
+
+
+# Modules whose output is not continuously differentiable with a Lipschitz derivative (kinks, jumps, clipping):
+# the smoothness the convergence theorems assume fails for a network that contains one.
+NON_SMOOTH_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.SELU, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
+    nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.Threshold, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+)
+
+
+def non_smooth_activation(module: nn.Module) -> str | None:
+    """The class name of the first submodule of ``module`` that is not smooth (:data:`NON_SMOOTH_MODULES`),
+    None if there is none. Functions called inside ``forward`` (``F.relu``) are not modules and go unseen."""
+    for sub in module.modules():
+        if isinstance(sub, NON_SMOOTH_MODULES):
+            return type(sub).__name__
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from .bounds import (
     adam_bound,
     best_allocation,
     fit_shape,
+    ghadimi_lan,
     ghadimi_lan_curve,
     iwae_basis,
     noise_variance,
@@ -32,75 +33,148 @@ from .bounds import (
 )
 from .run import AssessedRun
 
-# Torch's defaults for the optimizers' eps (not exposed as options): the Adam/Adagrad bounds need them.
-ADAM_EPS = 1e-8
-ADAGRAD_EPS = 1e-10
-RMSPROP_ALPHA = 0.99
 CANDIDATE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CANDIDATE_SAMPLES = (1, 2, 5, 10, 20, 50, 100)
+
+# Where each constant comes from (``Constants.provenance``): "exact" (a closed form), "provable" (a bound that
+# holds with certainty, up to a stated Monte Carlo margin) or "estimate" (measured on the run, with a safety
+# margin but no guarantee).
+PROVENANCES = ("exact", "provable", "estimate")
+ESTIMATED = {"L": "estimate", "sigma2": "estimate", "delta": "estimate", "R": "estimate"}
+
+# A bound above this many times the largest step-weighted mean measured along the run says nothing about it.
+VACUOUS_FACTOR = 100.0
+
+BOUND_NAMES = {"sgd": "ghadimi-lan", "adam": "defossez-adam", "adagrad": "defossez-adagrad"}
+REFERENCES = {
+    "sgd": "Ghadimi & Lan, SIAM J. Optim. 2013, Thm 2.1 (randomized SGD)",
+    "adam": "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 2 (Adam)",
+    "adagrad": "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 1 (Adagrad)",
+}
+# The optimizers the paper's deep-VAE rate shape describes (Adam and its variants).
+ADAM_LIKE = ("adam", "adam-defossez", "amsgrad")
 
 
 @dataclass(frozen=True)
 class Constants:
-    """The constants the bounds need, estimated on the run (see ``diagnostics/constants.py``)."""
+    """The constants the bounds need, measured on the run (see ``diagnostics/constants.py``), and where each of
+    L, sigma2, delta and R comes from (``provenance``: one of :data:`PROVENANCES` each)."""
 
-    L: float  # smoothness: largest |Hessian eigenvalue| seen along the trajectory
-    sigma2_x: float  # between-example gradient variance
+    L: float  # smoothness: largest |Hessian eigenvalue| seen along the trajectory, with a safety margin
+    sigma2_x: float  # between-example gradient variance (upper confidence bound)
     sigma2_eps: float  # Monte Carlo gradient variance of one sample, so sigma^2(B, K) = sx/B + se/(BK)
-    R: float  # high quantile of the minibatch gradients' largest coordinate
+    R: float  # largest gradient coordinate seen
     a: float  # largest parameter magnitude seen, the theory's weight bound ||theta||_inf <= a
-    delta: float  # objective at initialisation minus the best value known
+    delta: float  # objective at initialisation (plus a margin) minus a lower bound on its infimum
     d: int  # number of trained parameters
     batch_size: int
     samples: int
-    delta_reference: str  # what "best value known" was
+    delta_reference: str  # what the lower bound on the infimum was
+    provenance: dict[str, str] = dataclasses.field(default_factory=lambda: dict(ESTIMATED))
 
     @property
     def sigma2(self) -> float:
         """Gradient noise variance at the run's own (B, K)."""
         return noise_variance(self.sigma2_x, self.sigma2_eps, self.batch_size, self.samples)
 
+    def scaled(self, factor: float) -> Constants:
+        """These constants with L, sigma2 (both parts), delta and R multiplied by ``factor``."""
+        return dataclasses.replace(self, L=self.L * factor, sigma2_x=self.sigma2_x * factor,
+                                   sigma2_eps=self.sigma2_eps * factor, delta=self.delta * factor, R=self.R * factor)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sigma2": self.sigma2}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Constants:
-        """Inverse of :meth:`to_dict`; a missing entry is a ValueError naming it."""
-        fields = {f.name for f in dataclasses.fields(cls)}
+        """Inverse of :meth:`to_dict`; a missing entry is a ValueError naming it. A summary written before
+        provenances were recorded reads as all estimates."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"provenance"}
         missing = sorted(fields - set(values))
         if missing:
             raise ValueError(f"the constants block lacks {', '.join(missing)}")
-        return cls(**{k: values[k] for k in fields})
+        return cls(**{k: values[k] for k in fields}, provenance=dict(values.get("provenance") or ESTIMATED))
 
 
-def bound_curve(run: AssessedRun, constants: Constants, gammas: np.ndarray, steps: Sequence[int]
-                ) -> tuple[str, np.ndarray | None, str]:
-    """(name of the bound, its value after each checkpoint's number of steps or None, why None / reference)."""
-    steps = np.asarray(steps)
-    c = constants
+def not_applicable(run: AssessedRun, constants: Constants, gammas: np.ndarray) -> str | None:
+    """Why no bound of this package covers ``run`` (None: one does). ``gammas`` are the step sizes applied at
+    iterates 0..n-1 (and after n)."""
+    if not run.smooth:
+        return (f"the network uses {run.activation}, which is not smooth: the theorems need a Lipschitz gradient "
+                "and no finite L exists (use --activation softclip)")
     if run.bound_family is None:
-        return "none", None, f"no convergence bound is implemented for {run.optimizer}"
+        return run.uncovered or f"no convergence bound is implemented for {run.optimizer}"
     if run.bound_family == "sgd":
         if run.momentum:
-            return "ghadimi-lan", None, "Ghadimi-Lan covers plain SGD; this run uses momentum"
-        if gammas[:-1].max() >= 2 / c.L:
-            return "ghadimi-lan", None, f"a step size reaches 2/L = {2 / c.L:.3g}: the bound needs gamma < 2/L"
-        curve = ghadimi_lan_curve(gammas[:-1], c.L, c.sigma2, c.delta)
-        values = np.array([curve[s - 1] if s > 0 else math.inf for s in steps])
-        return "ghadimi-lan", values, "Ghadimi & Lan, SIAM J. Optim. 2013, Thm 2.1 (randomized SGD)"
+            return "Ghadimi-Lan covers plain SGD; this run uses momentum"
+        if gammas[:-1].max() >= 2 / constants.L:
+            return f"a step size reaches 2/L = {2 / constants.L:.3g}: the SGD bound needs every step below 2/L"
+        return None
     if np.ptp(gammas) > 0:
-        return "defossez", None, "the Adam/Adagrad bounds are stated for a constant base step size"
-    if run.bound_family in ("adam", "rmsprop"):
-        beta1, beta2 = (0.0, RMSPROP_ALPHA) if run.bound_family == "rmsprop" else run.betas
-        if run.bound_family == "rmsprop" and run.momentum:
-            return "defossez", None, "RMSprop with momentum is not the Adam recursion the bound covers"
-        min_steps = beta1 / (1 - beta1)
-        values = np.array([adam_bound(run.lr, beta1, beta2, ADAM_EPS, c.R, c.L, c.delta, c.d, int(s))
-                           if s > min_steps else math.inf for s in steps])
-        return "defossez-adam", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 2 (Adam)"
-    values = np.array([adagrad_bound(run.lr, ADAGRAD_EPS, c.R, c.L, c.delta, c.d, int(s)) if s > 0
-                       else math.inf for s in steps])
-    return "defossez-adagrad", values, "Defossez, Bottou, Bach, Usunier, TMLR 2022, Thm 1 (Adagrad)"
+        return (f"the {run.bound_family.capitalize()} bound is stated for a constant base step size; this run's "
+                f"varies from {gammas.min():.3g} to {gammas.max():.3g}")
+    if run.bound_family == "adam" and not run.betas[0] < run.betas[1]:
+        return f"the Adam bound needs beta1 < beta2, got {run.betas}"
+    return None
+
+
+def bound_curve(run: AssessedRun, constants: Constants, gammas: np.ndarray, steps: Sequence[int]) -> np.ndarray:
+    """The bound of ``run``'s optimizer after each of ``steps`` steps (inf where it is not yet defined, such
+    as before the first step); call only where :func:`not_applicable` gives None."""
+    c = constants
+    steps = np.asarray(steps)
+    if run.bound_family == "sgd":
+        curve = ghadimi_lan_curve(gammas[:-1], c.L, c.sigma2, c.delta)
+        return np.array([curve[s - 1] if s > 0 else math.inf for s in steps])
+    if run.bound_family == "adam":
+        beta1, beta2 = run.betas
+        return np.array([adam_bound(run.lr, beta1, beta2, run.eps, c.R, c.L, c.delta, c.d, int(s))
+                         if s > beta1 / (1 - beta1) else math.inf for s in steps])
+    return np.array([adagrad_bound(run.lr, run.eps, c.R, c.L, c.delta, c.d, int(s)) if s > 0 else math.inf
+                     for s in steps])
+
+
+def sensitivity(run: AssessedRun, constants: Constants, gammas: np.ndarray, steps: int, measured: float
+                ) -> float | None:
+    """The factor by which L, sigma2, delta and R together would have to be wrong for the verdict to flip: too
+    large where the bound holds, too small where it is violated (>= 1; None: no factor up to 10^6 flips it).
+    The first flip on a grid of 20 factors per decade, refined by bisection on the log of the factor; scaled
+    constants under which the bound no longer applies (a step size reaching 2/L) count as not holding."""
+
+    def holds(exponent: float) -> bool:
+        scaled = constants.scaled(10.0**exponent)
+        if not_applicable(run, scaled, gammas) is not None:
+            return False
+        return bool(measured <= bound_curve(run, scaled, gammas, [steps])[0])
+
+    verdict = holds(0.0)
+    direction = -1.0 if verdict else 1.0  # smaller constants lower the bound, larger ones raise it
+    previous = 0.0
+    for k in range(1, 121):
+        exponent = direction * k / 20
+        if holds(exponent) != verdict:
+            low, high = previous, exponent
+            for _ in range(40):
+                middle = (low + high) / 2
+                low, high = (middle, high) if holds(middle) == verdict else (low, middle)
+            return float(10.0 ** abs(high))
+        previous = exponent
+    return None
+
+
+def allocation_bound(run: AssessedRun, constants: Constants, batches_per_epoch: int
+                     ) -> Callable[[int, int, int, float], float]:
+    """The run's own SGD bound for another allocation (B, K, n, sigma2): its schedule's step sizes over n steps
+    (epochs rescaled to B), inf where a step reaches 2/L."""
+    examples = batches_per_epoch * run.batch_size
+
+    def bound(batch_size: int, samples: int, n: int, sigma2: float) -> float:
+        gammas = run.step_sizes(n, max(round(examples / batch_size), 1))[:-1]
+        if gammas.max() >= 2 / constants.L:
+            return math.inf
+        return ghadimi_lan(gammas, constants.L, sigma2, constants.delta)
+
+    return bound
 
 
 @dataclass(frozen=True)
@@ -132,25 +206,43 @@ def assess(run: AssessedRun, metrics: Sequence[dict[str, float]], constants: Con
     if constants is None:
         out["bound"] = out["paper_shape"] = None
         return Assessment(out, columns)
-    name, curve, note = bound_curve(run, constants, gammas, steps)
-    if curve is not None:
-        columns["bound"] = [float(v) for v in curve]
-    final = None if curve is None else float(curve[-1])
-    bound: dict[str, Any] = {
-        "name": name,
-        "value": final,
-        "note": note,
-        "measured_step_weighted_mean": float(measured[-1]),
-        "holds": None if final is None else bool(measured[-1] <= final),
-    }
-    if run.bound_family == "sgd" and run.per_example_noise and constants.L > 0:
-        budget = run.batch_size * run.samples * steps[-1]
-        best, _ = best_allocation(budget, constants.L, constants.sigma2_x, constants.sigma2_eps, constants.delta,
-                                  1.0 / constants.L, CANDIDATE_BATCH_SIZES, CANDIDATE_SAMPLES)
-        bound["best_allocation"] = {"budget": budget, **asdict(best)}
-    out["bound"] = bound
+    out["bound"] = bound = bound_entry(run, constants, gammas, steps, measured, batches_per_epoch)
+    if bound["status"] == "applicable":
+        columns["bound"] = [float(v) for v in bound_curve(run, constants, gammas, steps)]
     out["paper_shape"] = paper_shape(run, constants, steps, values)
     return Assessment(out, columns)
+
+
+def bound_entry(run: AssessedRun, constants: Constants, gammas: np.ndarray, steps: Sequence[int],
+                measured: np.ndarray, batches_per_epoch: int) -> dict[str, Any]:
+    """The summary's ``bound``: whether a theorem covers the run (``status``, ``reason``), and where one does its
+    ``value`` after the last step, whether the step-weighted mean ``measured`` there ``holds`` below it, whether
+    it is ``vacuous`` (above :data:`VACUOUS_FACTOR` times the largest step-weighted mean along the run), its
+    ``sensitivity`` and, for SGD with the VAE's noise form, the ``best_allocation`` of the same budget under the
+    same bound."""
+    reason = not_applicable(run, constants, gammas)
+    family = run.bound_family
+    entry: dict[str, Any] = {
+        "name": BOUND_NAMES.get(family or "", "none"),
+        "status": "not-applicable" if reason else "applicable",
+        "reason": reason,
+        "reference": REFERENCES.get(family or ""),
+        "measured_step_weighted_mean": float(measured[-1]),
+        "value": None, "holds": None, "vacuous": None, "sensitivity": None,
+    }
+    if reason:
+        return entry
+    value = float(bound_curve(run, constants, gammas, [steps[-1]])[0])
+    finite = [v for v in measured if math.isfinite(v)]
+    entry.update(value=value, holds=bool(measured[-1] <= value),
+                 vacuous=bool(value > VACUOUS_FACTOR * max(finite, default=math.inf)),
+                 sensitivity=sensitivity(run, constants, gammas, steps[-1], float(measured[-1])))
+    if family == "sgd" and run.per_example_noise:
+        budget = run.batch_size * run.samples * steps[-1]
+        best, _ = best_allocation(budget, constants.sigma2_x, constants.sigma2_eps, CANDIDATE_BATCH_SIZES,
+                                  CANDIDATE_SAMPLES, allocation_bound(run, constants, batches_per_epoch))
+        entry["best_allocation"] = {"budget": budget, **asdict(best)}
+    return entry
 
 
 def assess_run(run: AssessedRun, metrics: Sequence[dict[str, float]], constants: Constants | None,
@@ -225,9 +317,12 @@ def _or_none(value: float) -> float | None:
 
 def paper_shape(run: AssessedRun, c: Constants, steps: Sequence[int], values: Sequence[float]
                 ) -> dict[str, Any] | None:
-    """The paper's rate shape (IWAE, or deep VAE + Adam; SGD as beta1 = 0) with its two free constants fitted
-    by least squares on the measured curve: how much of the curve is the 1/sqrt(n) term, how much the
-    log(n)/sqrt(n) noise term. None when fewer than 3 positive checkpoints."""
+    """The paper's rate shape (IWAE, or deep VAE + Adam) with its two free constants fitted by least squares on
+    the measured curve: how much of the curve is the 1/sqrt(n) term, how much the log(n)/sqrt(n) noise term.
+    None for a run neither shape describes (a deep VAE under another optimizer than Adam or its variants
+    :data:`ADAM_LIKE`), and when fewer than 3 positive checkpoints."""
+    if run.objective != "iwae" and run.optimizer not in ADAM_LIKE:
+        return None
     keep = [(s, v) for s, v in zip(steps, values, strict=True) if s > 0 and v > 0 and math.isfinite(v)]
     if len(keep) < 3:
         return None
@@ -235,7 +330,7 @@ def paper_shape(run: AssessedRun, c: Constants, steps: Sequence[int], values: Se
     if run.objective == "iwae":
         name, basis = "iwae", iwae_basis(n, c.delta, c.d, run.batch_size, run.samples)
     else:
-        beta1 = run.betas[0] if run.bound_family == "adam" else 0.0
+        beta1 = run.betas[0]
         name, basis = "vae-adam", vae_adam_basis(n, c.delta, run.layers, max(c.a, 1e-12), c.d, beta1)
     coefficients = fit_shape(basis, [v for _, v in keep])
     return {"name": name, "c1": float(coefficients[0]), "c2": float(coefficients[1])}

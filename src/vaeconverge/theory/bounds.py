@@ -16,7 +16,7 @@ with the name of the offending argument.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,32 +180,18 @@ def sgd_constant_bound(L: float, sigma2: float, delta: float, n: int) -> float:
 # ---------------------------------------------------------------------------------------------- Adam / Adagrad
 
 
-def adam_epsilon_defossez(eps: float, beta2: float) -> float:
-    """Défossez et al.'s epsilon for torch.optim.Adam's ``eps``: eps^2 / (1 - beta2) (see ``adam_bound``)."""
-    eps = _positive("eps", eps)
-    beta2 = _unit_interval("beta2", beta2)
-    return eps**2 / (1.0 - beta2)
-
-
 def adam_bound(lr: float, beta1: float, beta2: float, eps: float, R: float, L: float, delta: float, d: int,
                n: int) -> float:
-    """Adam bound of Défossez, Bottou, Bach, Usunier (TMLR 2022, Theorem 2), for torch.optim.Adam's parameters.
+    """Adam bound of Défossez, Bottou, Bach, Usunier (TMLR 2022, Theorem 2) for the recursion they analyse, which
+    is :class:`vaeconverge.optim.AdamDefossez`'s (``eps`` is its epsilon, inside the square root).
 
-    Their Adam: m_n = b1 m + g, v_n = b2 v + g^2, x -= alpha_n m_n / sqrt(epsilon + v_n),
-    alpha_n = alpha (1 - b1) sqrt((1 - b2^n) / (1 - b2)); ||g||_inf <= R; with N_t = n - b1 / (1 - b1),
+    Their Adam: m_n = b1 m + g, v_n = b2 v + g^2, x -= alpha_n m_n / sqrt(eps + v_n),
+    alpha_n = alpha (1 - b1) sqrt((1 - b2^n) / (1 - b2)), alpha = ``lr``; ||g||_inf <= R; with N_t = n - b1 / (1 - b1),
     E ||grad F(x_tau)||^2 <= 2 R delta / (alpha N_t)
-                             + E1 [ ln(1 + R^2 / ((1 - b2) epsilon)) / N_t - (n / N_t) ln b2 ],
+                             + E1 [ ln(1 + R^2 / ((1 - b2) eps)) / N_t - (n / N_t) ln b2 ],
     E1 = alpha d R L (1 - b1) / ((1 - b1/b2)(1 - b2)) + 12 d R^2 sqrt(1 - b1) / ((1 - b1/b2)^{3/2} sqrt(1 - b2))
          + 2 alpha^2 d L^2 b1 / ((1 - b1/b2)(1 - b2)^{3/2}).
     Requires 0 <= b1 < b2 < 1 and n > b1 / (1 - b1).
-
-    Mapping from torch (m', v' its moments, e its eps): m' = (1 - b1) m and v' = (1 - b2) v, so torch's step
-    lr m' / (1 - b1^n) / (sqrt(v' / (1 - b2^n)) + e)
-      = lr (1 - b1) sqrt((1 - b2^n) / (1 - b2)) m / (1 - b1^n) / (sqrt(v) + e sqrt((1 - b2^n) / (1 - b2))).
-    Hence alpha = lr (the (1 - b1) of alpha_n absorbs torch's normalised momentum); the momentum bias
-    correction 1 / (1 - b1^n) -> 1 is ignored; e sqrt((1 - b2^n)/(1 - b2)) -> e / sqrt(1 - b2) outside the
-    root is matched by epsilon = e^2 / (1 - b2) inside it (sqrt(v) + e' >= sqrt(v + e'^2), so torch's step
-    is never the larger). The log term then reads ln(1 + R^2 / e^2).
     """
     lr = _positive("lr", lr)
     beta1 = _unit_interval("beta1", beta1)
@@ -221,22 +207,21 @@ def adam_bound(lr: float, beta1: float, beta2: float, eps: float, R: float, L: f
     n_t = n - beta1 / (1.0 - beta1)
     if n_t <= 0:
         raise ValueError(f"n must exceed beta1 / (1 - beta1) = {beta1 / (1.0 - beta1):.6g}, got {n}")
-    epsilon = adam_epsilon_defossez(eps, beta2)
     ratio = 1.0 - beta1 / beta2
     e1 = (lr * d * R * L * (1.0 - beta1) / (ratio * (1.0 - beta2))
           + 12.0 * d * R**2 * math.sqrt(1.0 - beta1) / (ratio**1.5 * math.sqrt(1.0 - beta2))
           + 2.0 * lr**2 * d * L**2 * beta1 / (ratio * (1.0 - beta2) ** 1.5))
-    log_term = math.log1p(R**2 / ((1.0 - beta2) * epsilon)) / n_t - (n / n_t) * math.log(beta2)
+    log_term = math.log1p(R**2 / ((1.0 - beta2) * eps)) / n_t - (n / n_t) * math.log(beta2)
     return 2.0 * R * delta / (lr * n_t) + e1 * log_term
 
 
 def adagrad_bound(lr: float, eps: float, R: float, L: float, delta: float, d: int, n: int) -> float:
-    """Adagrad bound of Défossez et al. (TMLR 2022, Theorem 1), for torch.optim.Adagrad's parameters.
+    """Adagrad bound of Défossez et al. (TMLR 2022, Theorem 1) for the recursion they analyse, which is
+    :class:`vaeconverge.optim.AdagradDefossez`'s (``eps`` is its epsilon, inside the square root).
 
-    Their Adagrad: x -= alpha g / sqrt(epsilon + sum of g^2); ||g||_inf <= R:
-    E ||grad F(x_tau)||^2 <= 2 R delta / (alpha sqrt n) + (4 d R^2 + alpha d R L) ln(1 + n R^2 / epsilon) / sqrt n,
-    tau uniform on the n iterates. torch adds its eps outside the root of the sum of squares
-    (lr g / (sqrt(sum g^2) + eps)), matched by alpha = lr and epsilon = eps^2 (the torch step is never larger).
+    Their Adagrad: x -= alpha g / sqrt(eps + sum of g^2), alpha = ``lr``; ||g||_inf <= R:
+    E ||grad F(x_tau)||^2 <= 2 R delta / (alpha sqrt n) + (4 d R^2 + alpha d R L) ln(1 + n R^2 / eps) / sqrt n,
+    tau uniform on the n iterates.
     """
     lr = _positive("lr", lr)
     eps = _positive("eps", eps)
@@ -245,9 +230,8 @@ def adagrad_bound(lr: float, eps: float, R: float, L: float, delta: float, d: in
     delta = _nonnegative("delta", delta)
     d = _count("d", d)
     n = _count("n", n)
-    epsilon = eps**2
     root_n = math.sqrt(n)
-    return 2.0 * R * delta / (lr * root_n) + (4.0 * d * R**2 + lr * d * R * L) * math.log1p(n * R**2 / epsilon) / root_n
+    return 2.0 * R * delta / (lr * root_n) + (4.0 * d * R**2 + lr * d * R * L) * math.log1p(n * R**2 / eps) / root_n
 
 
 # ---------------------------------------------------------------------------------------------- paper shapes
@@ -357,26 +341,26 @@ class Allocation:
     bound: float
 
 
-def best_allocation(budget: int, L: float, sigma2_x: float, sigma2_eps: float, delta: float, c_gamma: float,
-                    batch_sizes: Sequence[int], samples: Sequence[int]) -> tuple[Allocation, list[Allocation]]:
-    """The (B, K) minimising ``sgd_decreasing_bound`` at a fixed budget of B K n sample-gradients.
+def best_allocation(budget: int, sigma2_x: float, sigma2_eps: float, batch_sizes: Sequence[int],
+                    samples: Sequence[int], bound: Callable[[int, int, int, float], float]
+                    ) -> tuple[Allocation, list[Allocation]]:
+    """The (B, K) minimising ``bound`` at a fixed budget of B K n sample-gradients.
 
+    ``bound(B, K, n, sigma2)`` is the bound of the run's own theorem for that allocation (so that the allocation is
+    ranked by the run's own bound, not another), e.g. ``lambda B, K, n, s2: sgd_decreasing_bound(L, s2, delta, c, n)``.
     For each B in ``batch_sizes`` and K in ``samples``: n = budget // (B K) steps (skipped when n < 1),
     sigma2 = noise_variance(sigma2_x, sigma2_eps, B, K). Returns (best, every evaluated allocation sorted
     by bound); ties go to the smaller B K, then the smaller B.
     """
     budget = _count("budget", budget)
-    L = _positive("L", L)
-    c_gamma = _positive("c_gamma", c_gamma)
-    if c_gamma > (1.0 / L) * (1.0 + _STEP_RTOL):
-        raise ValueError(f"c_gamma must be <= 1/L = {1.0 / L:.6g}, got {c_gamma}")
     sigma2_x = _nonnegative("sigma2_x", sigma2_x)
     sigma2_eps = _nonnegative("sigma2_eps", sigma2_eps)
-    delta = _nonnegative("delta", delta)
     if len(batch_sizes) == 0:
         raise ValueError("batch_sizes must not be empty")
     if len(samples) == 0:
         raise ValueError("samples must not be empty")
+    if not callable(bound):
+        raise ValueError(f"bound must be a callable (B, K, n, sigma2) -> float, got {bound!r}")
     batch_grid = sorted({_count("batch_sizes", b) for b in batch_sizes})
     sample_grid = sorted({_count("samples", k) for k in samples})
     table = []
@@ -386,7 +370,10 @@ def best_allocation(budget: int, L: float, sigma2_x: float, sigma2_eps: float, d
             if steps < 1:
                 continue
             sigma2 = noise_variance(sigma2_x, sigma2_eps, batch_size, k)
-            table.append(Allocation(batch_size, k, steps, sgd_decreasing_bound(L, sigma2, delta, c_gamma, steps)))
+            value = float(bound(batch_size, k, steps, sigma2))
+            if math.isnan(value):
+                raise ValueError(f"bound returned NaN for B = {batch_size}, K = {k}, n = {steps}")
+            table.append(Allocation(batch_size, k, steps, value))
     if not table:
         raise ValueError(f"budget = {budget} is smaller than every B * K of the grid")
     table.sort(key=lambda a: (a.bound, a.batch_size * a.samples, a.batch_size))
