@@ -12,6 +12,11 @@ from torch import nn
 
 from ..registry import Registry
 
+# exp(-40) = 4e-18 is below float64's relative resolution (2.2e-16).
+_NEGLIGIBLE = 40.0
+# Past this argument sigmoid rounds to 1 in float64 and softplus(a) to a: softplus is taken as linear there.
+_LINEAR = 36.0
+
 
 class SoftClip(nn.Module):
     """f_s(x) = softplus_s(x - s1) - softplus_s(x - s2) + s1, with softplus_s(u) = log(1 + e^{s u}) / s.
@@ -27,16 +32,23 @@ class SoftClip(nn.Module):
         if not s1 < s2:
             raise ValueError(f"need s1 < s2, got s1={s1}, s2={s2}")
         self.s, self.s1, self.s2 = float(s), float(s1), float(s2)
+        # Below the midpoint softplus_s(x - s2) <= exp(-s (s2 - s1) / 2) / s, under float64's resolution of
+        # f - s1 once s (s2 - s1) / 2 >= _NEGLIGIBLE: then it is not computed (one softplus per element, not two).
+        self._two_terms = self.s * (self.s2 - self.s1) / 2 < _NEGLIGIBLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a1, a2 = self.s * (x - self.s1), self.s * (x - self.s2)
-        # softplus(a) = -logsigmoid(-a) = a - logsigmoid(a). Below the midpoint use the first form, above
-        # it the second, so that f - s1 (resp. s2 - f) is a difference of two *small* terms: no cancellation
-        # of large values, outputs stay inside [s1, s2] for any input, and f', f'' stay accurate in the
-        # tails. logsigmoid never overflows, so both branches and their gradients are finite everywhere.
-        low = self.s1 + (F.logsigmoid(-a2) - F.logsigmoid(-a1)) / self.s
-        high = self.s2 + (F.logsigmoid(a2) - F.logsigmoid(a1)) / self.s
-        return torch.where(a1 + a2 > 0, high, low)
+        # f(x) = s1 + s2 - f(s1 + s2 - x): inputs above the midpoint are reflected below it, where f - s1 is a
+        # sum of small or moderate terms (no cancellation of large values), so outputs stay inside [s1, s2] for
+        # any input and f', f'' stay accurate in both tails. Softplus is linear past its threshold, so nothing
+        # overflows, and past the threshold its slope is 1 exactly (so f' never rounds above 1).
+        mid = 0.5 * (self.s1 + self.s2)
+        upper = x > mid
+        y = torch.where(upper, 2.0 * mid - x, x)
+        g = F.softplus(self.s * (y - self.s1), threshold=_LINEAR)
+        if self._two_terms:
+            g = g - F.softplus(self.s * (y - self.s2), threshold=_LINEAR)
+        g = g / self.s
+        return torch.where(upper, self.s2 - g, self.s1 + g)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, s1={self.s1}, s2={self.s2}"
