@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 from harness import (
+    BASELINE_MLP,
     FIRST_LAST,
     Data,
     Measurement,
@@ -36,7 +37,7 @@ from harness import (
 
 NAME = "B4 full-gradient diagnostics overhead"
 TARGET = 0.10
-WIDE = {"model": "mlp", "hidden": 512, "depth": 1, "latent_dim": 16, "batch_size": 256}
+WIDE = {"model": "mlp", "hidden": 512, "depth": 1, "latent_dim": 16, "batch_size": 256} | BASELINE_MLP
 
 
 def fraction(label: str, extra_seconds: float, of_seconds: float, maximum: float | None) -> Ratio:
@@ -61,8 +62,8 @@ def in_run(label: str, default: Measurement, maximum: float | None) -> Ratio:
 def run(settings: Settings) -> Result:
     quick = settings.quick
     models: list[tuple[str, Data, dict[str, Any], int, float | None]] = [
-        ("digits MLP", Data("digits"), {"data": "digits", "steps": 200 if quick else 3000}, 20 if quick else 100,
-         TARGET),
+        ("digits MLP", Data("digits"), {"data": "digits", "steps": 200 if quick else 3000} | BASELINE_MLP,
+         20 if quick else 100, TARGET),
         ("784-512-16 MLP, 3000 steps", Data("binary", n=512 if quick else 2560, dim=784, seed=4),
          WIDE | {"steps": 60 if quick else 3000}, 2 if quick else 10, TARGET),
         ("784-512-16 MLP, 1000 steps (the floor of 6 checkpoints)", Data("binary", n=512 if quick else 2560, dim=784,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from harness import (
+    BASELINE_MLP,
     Data,
     Measurement,
     Ratio,
@@ -79,11 +80,12 @@ def fraction_of_peak(label: str, step: Measurement, matmul: Measurement) -> Rati
 
 def run(settings: Settings) -> Result:
     steps, reps, warmup = (200, 20, 20) if settings.quick else (2000, 200, 100)
-    wide_options = {"model": "mlp", "hidden": 512, "depth": 1, "latent_dim": 16, "batch_size": 256, "steps": steps}
+    wide_options = {"model": "mlp", "hidden": 512, "depth": 1, "latent_dim": 16, "batch_size": 256,
+                    "steps": steps} | BASELINE_MLP
     matmul, digits, wide = measure_all([
         Variant(f"matmul {MATMUL_SIZE}x{MATMUL_SIZE} fp32 (steps = products)", time_matmul, (MATMUL_SIZE, reps)),
         Variant("vaeconverge digits MLP 64-200-200-10, B=64", time_training_step,
-                (Data("digits"), {"data": "digits", "steps": steps}, warmup)),
+                (Data("digits"), {"data": "digits", "steps": steps} | BASELINE_MLP, warmup)),
         Variant("vaeconverge MLP 784-512-16, B=256", time_training_step,
                 (Data("binary", n=2560, dim=784, seed=5), wide_options, warmup)),
     ], settings)

@@ -122,6 +122,10 @@ class Result:
     skipped: str | None = None
 
 
+# The MLP benchmarks' network and optimizer, pinned rather than the package's defaults: the naive loop's and
+# Pythae's (ReLU, torch's Adam), so that comparisons are like for like, and what the README's numbers measured.
+BASELINE_MLP = {"activation": "relu", "optimizer": "adam"}
+
 FIRST_LAST = "diagnostics at first/last step"
 QUICK = "quick: 5 checkpoints, no constants"
 QUICK_DIAGNOSTICS = {"eval_points": 5, "constants": False}  # --quick's stand-in for the default diagnostics

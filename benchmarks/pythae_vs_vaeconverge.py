@@ -18,7 +18,17 @@ import time
 from typing import Any
 
 import torch
-from harness import Data, Result, Settings, Timed, Variant, against_baseline, main, time_vaeconverge
+from harness import (
+    BASELINE_MLP,
+    Data,
+    Result,
+    Settings,
+    Timed,
+    Variant,
+    against_baseline,
+    main,
+    time_vaeconverge,
+)
 
 NAME = "B3 vs Pythae 0.1.2 (784-512-16)"
 SKIP = "pythae not installed (pip install -e '.[bench]')"
@@ -57,7 +67,7 @@ def run(settings: Settings) -> Result:
 
     def ours(label: str, diagnostics: dict[str, Any]) -> Variant:
         options = {"model": "mlp", "hidden": HIDDEN, "depth": 1, "latent_dim": LATENT, "likelihood": "bernoulli",
-                   "batch_size": BATCH, "optimizer": "adam", "lr": LR, "steps": steps} | diagnostics
+                   "batch_size": BATCH, "lr": LR, "steps": steps} | BASELINE_MLP | diagnostics
         return Variant(f"vaeconverge, {label}", time_vaeconverge, (data, options, n // BATCH))
 
     pythae = Variant("Pythae BaseTrainer", time_pythae, (data, epochs, 1))

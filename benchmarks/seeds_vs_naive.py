@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import Data, Result, Settings, Variant, against_baseline, main, time_vaeconverge
+from harness import BASELINE_MLP, Data, Result, Settings, Variant, against_baseline, main, time_vaeconverge
 from naive import NaiveSpec, time_naive
 
 NAME = "B1 8 seeds vs 8 naive runs"
@@ -24,7 +24,7 @@ def run(settings: Settings) -> Result:
     data = Data("digits")
 
     def ours(label: str, diagnostics: dict[str, Any]) -> Variant:
-        options = {"data": "digits", "batch_size": 64, "steps": steps, "seeds": SEEDS} | diagnostics
+        options = {"data": "digits", "batch_size": 64, "steps": steps, "seeds": SEEDS} | BASELINE_MLP | diagnostics
         return Variant(f"vaeconverge T={len(SEEDS)}, {label}", time_vaeconverge, (data, options, warmup))
 
     naive = Variant(f"naive loop, {len(SEEDS)} runs one after another", time_naive,

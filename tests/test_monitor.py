@@ -223,12 +223,41 @@ def test_bad_input_is_refused_naming_the_option():
         ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), iter([x]), 10, batch_size=2)
     with pytest.raises(ConfigError, match=r"^steps: must be a positive integer"):
         ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 0, batch_size=2)
+    with pytest.raises(ConfigError, match=r"^objective_floor: must be a finite number"):
+        ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2, objective_floor=math.nan)
     monitor = ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2)
     with pytest.raises(ConfigError, match=r"^optimizer:"):
         monitor.step()
     batch_norm = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     with pytest.raises(ConfigError, match=r"^constants: .* pass constants=False"):
         ConvergenceMonitor(batch_norm, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2, constants=True)
+
+
+def _squared_error_run(model: nn.Module, **options) -> dict:
+    torch.manual_seed(3)
+    x, y = torch.randn(64, 3), torch.randn(64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = ConvergenceMonitor(model, lambda m, b: 0.5 * (m(b[0]).squeeze(1) - b[1]).square(), [(x, y)], 20,
+                                 optimizer=optimizer, batch_size=8, constants=True, **options)
+    for _ in range(20):
+        index = torch.randint(64, (8,))
+        optimizer.zero_grad()
+        (0.5 * (model(x[index]).squeeze(1) - y[index]).square()).mean().backward()
+        optimizer.step()
+    return monitor.summary()
+
+
+def test_a_floor_makes_delta_provable_and_a_relu_module_makes_the_bound_inapplicable():
+    plain = _squared_error_run(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)))
+    assert plain["constants"]["provenance"]["delta"] == "estimate"
+    floored = _squared_error_run(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)), objective_floor=0.0)
+    c = floored["constants"]
+    assert c["provenance"]["delta"] == "provable" and "objective_floor=0" in c["delta_reference"]
+    assert c["delta"] >= plain["constants"]["delta"]  # the floor lies below every objective the run reached
+    assert floored["bound"]["status"] == "applicable"
+    kinked = _squared_error_run(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
+    assert kinked["bound"]["status"] == "not-applicable" and "ReLU" in kinked["bound"]["reason"]
+    assert kinked["bound"]["holds"] is None
 
 
 def _load_example(name: str):

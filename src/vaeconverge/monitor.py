@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 from .config import ConfigError
 from .diagnostics import unbiased_squared_norm
 from .diagnostics.grad_norms import EVAL_GROUPS, add_to_group, evaluation_chunks
-from .engine.recorder import Recorder, Subject, diagnostics_seed
+from .engine.recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from .nn.activations import non_smooth_activation
 from .optim import DEFAULT_EPS, bound_family, uncovered_reason
 from .optim import recognise_optimizer as optimizer_name
@@ -78,6 +78,10 @@ class _UserLoop(Subject):
         self._module = _LossModule(model, loss_fn)
         self._names = [f"model.{name}" for name, p in model.named_parameters() if p.requires_grad]
         self.n_examples = self.dim = 0
+        self.floor: ObjectiveFloor | None = None
+
+    def objective_floor(self) -> ObjectiveFloor | None:
+        return self.floor
 
     def measure(self) -> list[dict[str, float]]:
         """The full objective and the unbiased squared norm of its gradient (``diagnostics/squared_norm.py``): two
@@ -236,7 +240,10 @@ class ConvergenceMonitor:
     the DataLoader's), used by the paper's proxy, the noise constants and the bounds; ``samples`` the K Monte
     Carlo samples of the loss, if any (splits sigma^2 into its parts); ``seed`` seeds torch's global RNG
     during evaluations (offset as ``train`` offsets its diagnostics). ``constants=True`` estimates L,
-    sigma^2 and R at steps 0, n/2 and n (as ``train`` does), which the bound needs. Give ``optimizer`` to hook
+    sigma^2 and R at steps 0, n/2 and n (as ``train`` does), which the bound needs; ``objective_floor``, a value
+    the full objective provably cannot go below (0 for a cross-entropy or a squared error), makes the bound's
+    delta provable (without it delta is measured against the lowest objective seen, an estimate). Give
+    ``optimizer`` to hook
     its steps; otherwise call :meth:`step` right after every ``optimizer.step()`` (before the scheduler's).
     The step-0 checkpoint is evaluated here, so build the monitor before the first step.
     """
@@ -255,6 +262,7 @@ class ConvergenceMonitor:
         eval_every: int | None = None,
         eval_samples: int = 1,
         constants: bool = False,
+        objective_floor: float | None = None,
         seed: int = 0,
         chunk_size: int = 2048,
     ) -> None:
@@ -269,6 +277,9 @@ class ConvergenceMonitor:
             if isinstance(data, Iterator):  # not iter(data): a DataLoader's iterator draws from the RNG
                 raise ConfigError("data", "must be re-iterable (a tensor or a DataLoader), not a one-shot iterator")
             batch_size = batch_size or getattr(data, "batch_size", None)
+        if objective_floor is not None and not (isinstance(objective_floor, int | float)
+                                                and math.isfinite(objective_floor)):
+            raise ConfigError("objective_floor", f"must be a finite number (got {objective_floor!r})")
         if batch_size is None:
             raise ConfigError("batch_size", "give the training batch size (a DataLoader would tell it)")
         self._start = time.perf_counter()
@@ -276,6 +287,9 @@ class ConvergenceMonitor:
         self.steps, self.batch_size, self.samples = steps, batch_size, samples
         self.eval_samples, self.seed, self.chunk_size = eval_samples, seed, chunk_size
         self._subject = _UserLoop(model, loss_fn, data, batch_size, samples, eval_samples, seed, chunk_size)
+        if objective_floor is not None:
+            self._subject.floor = ObjectiveFloor(float(objective_floor), f"objective_floor={objective_floor:g}, "
+                                                 "given to the monitor")
         self.params = self._subject.params
         self.iteration = 0
         self._lrs: list[float] = []
