@@ -144,6 +144,8 @@ def truncate(path: Path) -> None:
      "or 2 (test), found '000002.jpg train'"),
     (lambda root: (root / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 2\n"),
      "list_eval_partition.txt: lists no image of the train split (0)"),
+    (lambda root: (root / "celeba" / "list_eval_partition.txt").write_bytes(b"000001.jpg 0\n\xff\xfe\x00 0\n"),
+     "{root}/celeba/list_eval_partition.txt: not a text file of 'IMAGE.jpg SPLIT' lines (byte 13 is not UTF-8)"),
 ])
 def test_a_wrong_folder_or_image_is_named(tmp_path, damage, problem):
     root = tmp_path / "data"
@@ -154,6 +156,36 @@ def test_a_wrong_folder_or_image_is_named(tmp_path, damage, problem):
         load(root)
     assert problem.format(root=root) in str(info.value)
     assert not root.exists() or (caches(root) == [] and not list((root / "celeba").glob("*.part")))  # none kept
+
+
+def test_a_partition_file_that_is_not_utf8_is_one_line_from_the_cli(tmp_path, capsys):
+    write_celeba(tmp_path / "data")
+    partition = tmp_path / "data" / "celeba" / "list_eval_partition.txt"
+    partition.write_bytes("000001.jpg 0\n".encode("utf-16"))
+    assert main(["train", "--data", "celeba", "--data-dir", str(tmp_path / "data"), "--model", "conv64",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"--data: {partition}: not a text file" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_link_planted_at_the_cache_temporary_name_is_not_written_through(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_celeba(root)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    monkeypatch.setattr(celeba_module.os, "getpid", lambda: 4242)
+    real_build = celeba_module._build_cache
+
+    def plant(paths, cache, progress):
+        cache.with_name(cache.name + ".4242.part").symlink_to(outside)
+        real_build(paths, cache, progress)
+
+    monkeypatch.setattr(celeba_module, "_build_cache", plant)
+    assert load(root).shape == (4, 3 * 64 * 64)
+    assert outside.read_bytes() == b"precious"
+    assert len(caches(root)) == 1 and not list((root / "celeba").glob("*.part"))
 
 
 def test_data_list_shows_celeba(tmp_path, capsys):

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,46 @@ def test_out_that_is_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err
     assert out.read_text() == "keep me"
+
+
+def test_a_folder_holding_a_run_is_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli([*LINEAR, "--out", out]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert cli([*LINEAR, "--seed", "1", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli([*LINEAR, "--seed", "1", "--out", out, "--overwrite"]) == 0
+    assert (out / "summary.json").read_bytes() != before["summary.json"]
+
+
+def test_an_empty_out_path_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli([*LINEAR, "--out", ""]) == 2
+    assert "empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_outputs_are_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me")
+    started = time.perf_counter()
+    for flag, path in (("--out", blocker / "sub"), ("--tensorboard", blocker)):
+        extra = ["--tensorboard", path] if flag == "--tensorboard" else []
+        out = tmp_path / "run" if extra else path
+        assert cli([*LINEAR, "--steps", "3000", "--out", out, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and flag in err and "Traceback" not in err
+        assert not (tmp_path / "run").exists()
+    assert time.perf_counter() - started < 10  # refused before 3000 steps of training, not after
+    assert blocker.read_text() == "keep me"
+    if os.geteuid() != 0:  # root writes anywhere: permissions cannot refuse it
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert cli([*LINEAR, "--out", locked / "run"]) == 2
+        assert "permission denied" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,67 @@ def test_a_wrong_cifar_folder_or_file_is_named(tmp_path, content, problem):
     assert not MARK.exists()  # nothing in the file ran
 
 
+def one_line_error(capsys, code: int) -> str:
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_an_idx_file_with_no_images_is_named(tmp_path, capsys):
+    path = write(tmp_path / "mnist", idx_images(np.zeros((0, 28, 28), np.uint8)))
+    with pytest.raises(ConfigError, match=f"--data: {path}: no examples"):
+        load_dataset(RunConfig(data="mnist", data_dir=str(tmp_path), batch_size=4))
+    err = one_line_error(capsys, main(["train", "--data", "mnist", "--data-dir", str(tmp_path), "--quiet",
+                                       "--out", str(tmp_path / "run")]))
+    assert f"{path}: no examples" in err and not (tmp_path / "run").exists()
+
+
+def test_a_cifar_file_with_no_images_is_named(tmp_path, capsys):
+    path = write_cifar(tmp_path, cifar_batch(n=0))
+    with pytest.raises(ConfigError, match=f"--data: {path}: no examples"):
+        load_dataset(RunConfig(data="cifar100", data_dir=str(tmp_path), batch_size=4))
+    err = one_line_error(capsys, main(["train", "--data", "cifar100", "--data-dir", str(tmp_path), "--quiet",
+                                       "--out", str(tmp_path / "run")]))
+    assert f"{path}: no examples" in err
+
+
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar100_pickles_of_every_protocol_load(tmp_path, protocol):
+    batch = cifar_batch()
+    write_cifar(tmp_path, batch, protocol=protocol)
+    x = load_dataset(RunConfig(data="cifar100", data_dir=str(tmp_path), batch_size=4)).x
+    assert torch.equal(x, torch.from_numpy(batch[b"data"]))
+
+
+def test_a_fortran_ordered_protocol5_array_loads(tmp_path):
+    batch = cifar_batch()
+    write_cifar(tmp_path, {**batch, b"data": np.asfortranarray(batch[b"data"])}, protocol=5)
+    x = load_dataset(RunConfig(data="cifar100", data_dir=str(tmp_path), batch_size=4)).x
+    assert torch.equal(x, torch.from_numpy(batch[b"data"]))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_malicious_pickle_is_refused_without_suggesting_to_trust_it(tmp_path, capsys, protocol):
+    MARK.unlink(missing_ok=True)
+    write_cifar(tmp_path, {b"data": Payload()}, protocol=protocol)
+    err = one_line_error(capsys, main(["train", "--data", "cifar100", "--data-dir", str(tmp_path), "--quiet",
+                                       "--out", str(tmp_path / "run")]))
+    assert "refused to load posix.system" in err
+    assert "weights_only" not in err and "trust" not in err.lower()
+    assert not MARK.exists()
+
+
+def test_a_protocol5_object_array_is_refused(tmp_path):
+    """Protocol 5's array route admits plain numbers only: an object array would unpickle its items."""
+    from vaeconverge.data.local_files import _frombuffer
+
+    with pytest.raises(pickle.UnpicklingError, match="refused an array of dtype object"):
+        _frombuffer(bytes(8), np.dtype(object), (1,), "C")
+    with pytest.raises(pickle.UnpicklingError, match="not plain bytes"):
+        _frombuffer("text", np.dtype(np.uint8), (4,), "C")
+
+
 def test_data_list_says_where_each_set_is_looked_for_and_whether_it_is_there(tmp_path, capsys):
     write(tmp_path / "MNIST" / "raw", idx_images(pixels(3)), gz=True)
     assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0

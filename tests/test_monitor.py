@@ -223,6 +223,12 @@ def test_bad_input_is_refused_naming_the_option():
         ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), iter([x]), 10, batch_size=2)
     with pytest.raises(ConfigError, match=r"^steps: must be a positive integer"):
         ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 0, batch_size=2)
+    with pytest.raises(ConfigError, match=r"^data: holds no examples"):
+        ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x[:0], 10, batch_size=2)
+    one_per_example = r"^loss_fn: must return one loss per example, a tensor of shape \(\d+,\) for"
+    for wrong in (lambda m, b: m(b).squeeze(1)[:1], lambda m, b: m(b).squeeze(1).repeat(2)):  # (1,) and (2B,)
+        with pytest.raises(ConfigError, match=one_per_example):
+            ConvergenceMonitor(model, wrong, x, 10, batch_size=2)
     with pytest.raises(ConfigError, match=r"^objective_floor: must be a finite number"):
         ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2, objective_floor=math.nan)
     monitor = ConvergenceMonitor(model, lambda m, b: m(b).squeeze(1), x, 10, batch_size=2)

@@ -210,9 +210,11 @@ class _UserLoop(Subject):
 
     def _losses(self, batch: Any) -> Tensor:
         losses = self.loss_fn(self.model, batch)
-        if not isinstance(losses, Tensor) or losses.dim() != 1:
+        examples = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+        if not isinstance(losses, Tensor) or tuple(losses.shape) != (examples,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ConfigError("loss_fn", f"must return one loss per example, a tensor of shape (B,); got {shape}")
+            raise ConfigError("loss_fn", f"must return one loss per example, a tensor of shape ({examples},) for "
+                                         f"a batch of {examples}; got {shape}")
         return losses
 
     def _probe_batch(self, examples: int, generator: torch.Generator) -> Any:
@@ -271,6 +273,8 @@ class ConvergenceMonitor:
                               ("batch_size", batch_size)):
             if value is not None and not (isinstance(value, int) and value > 0):
                 raise ConfigError(option, f"must be a positive integer (got {value!r})")
+        if isinstance(data, Tensor) and len(data) == 0:
+            raise ConfigError("data", "holds no examples")
         if not isinstance(data, Tensor):
             if not isinstance(data, Iterable):
                 raise ConfigError("data", f"must be a tensor or a DataLoader, got {type(data).__name__}")

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -86,3 +89,47 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
     finally:
         if not before:
             _set_flush_denormal_everywhere(False)
+
+
+@dataclass
+class Interrupts:
+    """The stop signals (SIGINT, SIGTERM) a run received, and whether it is finishing (writing what it
+    measured), from when on they are only counted."""
+
+    received: int = 0
+    finishing: bool = False
+
+
+_ACTIVE: list[Interrupts] = []
+
+
+@contextmanager
+def graceful_stop() -> Iterator[Interrupts]:
+    """SIGINT (Ctrl-C) and SIGTERM stop a run alike: the first raises KeyboardInterrupt where the run is, which
+    the stepping loop turns into an early stop; after it, and once the loop has ended (:func:`finishing`),
+    signals are only counted, so that what was measured is written whole. The previous handlers come back on
+    exit. Outside the main thread signals cannot be caught, and nothing changes."""
+    state = Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        state.received += 1
+        if state.received == 1 and not state.finishing:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _ACTIVE.append(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.remove(state)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def finishing() -> None:
+    """The stepping loop has ended: from here on the signals of :func:`graceful_stop` are held, not raised."""
+    for state in _ACTIVE:
+        state.finishing = True

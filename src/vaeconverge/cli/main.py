@@ -14,12 +14,13 @@ from .. import config as cfg
 from ..config import ConfigError, RunConfig, SyntheticConfig
 from ..optim import DEFAULT_EPS
 from ..report.readings import bound_text, grad_text, rate_text
-from ..runtime import available_cores
+from ..runtime import available_cores, graceful_stop
 
 if TYPE_CHECKING:
     from ..sweeps import Executor, Store
 
 EXIT_USAGE = 2
+EXIT_INTERRUPT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 DENORMALS_HELP = ("flush (default): denormal floats are zero while training, which keeps Adam from slowing down "
                   "several-fold once moments of weights with zero gradients decay into them; keep: IEEE arithmetic")
 
@@ -42,6 +43,13 @@ def _seeds(text: str) -> tuple[int, ...] | int:
             raise argparse.ArgumentTypeError(f"the number of seeds must be at least 1 (got {values[0]})")
         return values[0]
     return values
+
+
+def output_path(text: str) -> Path:
+    """An output folder's path; an empty one names no folder (it would be the current one)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no folder")
+    return Path(text)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,9 +119,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip estimating L, sigma^2 and R (and hence the bound)")
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="Monte Carlo draws of the full-objective gradient")
-    g.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory")
+    g.add_argument("--out", type=output_path, default=Path("runs/train"), help="output directory")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--tensorboard", type=Path, metavar="DIR",
+    g.add_argument("--tensorboard", type=output_path, metavar="DIR",
                    help="also write the scalars as TensorBoard events into DIR (needs the tensorboard package)")
     p.set_defaults(handler=_run_train)
 
@@ -152,7 +161,8 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="Monte Carlo groups of K samples in the full objective at a checkpoint")
     p.add_argument("--no-constants", dest="constants", action="store_false", help="skip L, sigma^2, R and the bound")
-    p.add_argument("--out", type=Path, default=Path("runs/bbvi"), help="output directory")
+    p.add_argument("--out", type=output_path, default=Path("runs/bbvi"), help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_bbvi)
 
@@ -161,21 +171,21 @@ def _run_bbvi(args: argparse.Namespace) -> int:
     from ..bbvi.config import BBVIConfig
     from ..bbvi.train import train
     from ..engine import TrainingDiverged
-    from ..report.run_folder import write_run
+    from ..report.run_folder import check_output_folder, write_run
 
     fields = {k: v for k, v in vars(args).items() if k in BBVIConfig.__dataclass_fields__}
     fields["adam_betas"] = tuple(fields["adam_betas"])
     seeds = fields.pop("seeds")
     fields["seeds"] = tuple(range(args.seed, args.seed + seeds)) if isinstance(seeds, int) else seeds or ()
     config = BBVIConfig(**fields).validate()
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError("--out", f"{args.out} exists and is not a directory")
-    try:
-        result = train(config, progress=not args.quiet)
-    except TrainingDiverged as exc:
-        print(f"vaeconverge bbvi: {exc}; nothing written to {args.out}", file=sys.stderr)
-        return 1
-    out = write_run(args.out, result)
+    check_output_folder(args.out, "--out", overwrite=args.overwrite)
+    with graceful_stop() as signals:
+        try:
+            result = train(config, progress=not args.quiet)
+        except TrainingDiverged as exc:
+            print(f"vaeconverge bbvi: {exc}; nothing written to {args.out}", file=sys.stderr)
+            return 1
+        out = write_run(args.out, result)
     s = result.summary
     gap = "" if s.get("evidence_gap") is None else f", gap to log evidence {s['evidence_gap']:.4g}"
     seeds_text = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""
@@ -183,7 +193,7 @@ def _run_bbvi(args: argparse.Namespace) -> int:
           f"{grad_text(s)}{gap}; wrote {out}")
     print(f"  rate: {rate_text(s['rate'])}")
     print(f"  bound: {bound_text(s['bound'])}")
-    return 0
+    return EXIT_INTERRUPT if signals.received else 0
 
 
 def _bound_parser(sub: argparse._SubParsersAction) -> None:
@@ -270,7 +280,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
                 raise ConfigError("sweep status", "name the store: vaeconverge sweep status results.db")
             if not args.database.is_file():
                 raise ConfigError("sweep status", f"no store at {args.database}")
-            with Store(args.database) as store:
+            with Store(args.database, readonly=True) as store:
                 return _print_status(store, args.json)
         if args.database is not None:
             raise ConfigError("sweep", f"unexpected argument {str(args.database)!r}; the store is --store DB")
@@ -282,9 +292,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
             try:
                 counts = run_sweep(spec, store, executor, progress=not args.quiet, retry_failed=args.retry_failed)
             except KeyboardInterrupt:
-                print(f"vaeconverge sweep: interrupted; finished runs are in {args.store}, run the same command "
-                      "to resume", file=sys.stderr)
-                return 130
+                print(f"vaeconverge sweep: interrupted; {args.store} keeps the finished runs (those cut short are "
+                      "queued again), and the same command resumes the sweep", file=sys.stderr)
+                return EXIT_INTERRUPT
     except (SpecError, StoreError) as exc:
         raise ConfigError("sweep", str(exc)) from None
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -341,7 +351,7 @@ def _run_report(args: argparse.Namespace) -> int:
     if not args.database.is_file():
         raise ConfigError("report", f"no store at {args.database}")
     try:
-        with Store(args.database) as store:
+        with Store(args.database, readonly=True) as store:
             page, verdicts = write_report(store, args.out)
     except StoreError as exc:
         raise ConfigError("report", str(exc)) from None
@@ -456,26 +466,27 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _run_train(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..engine import TrainingDiverged, train
-    from ..report.run_folder import write_run
+    from ..report.run_folder import check_output_folder, write_run
 
     config = config_from_args(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError("--out", f"{args.out} exists and is not a directory")
+    check_output_folder(args.out, "--out", overwrite=args.overwrite)
     if args.tensorboard is not None:
         from ..report.tensorboard import require_tensorboard
 
         require_tensorboard()
+        check_output_folder(args.tensorboard, "--tensorboard", holds_runs=False)
     dataset = load_dataset(config, progress=not args.quiet)
-    try:
-        result = train(config, dataset, progress=not args.quiet)
-    except TrainingDiverged as exc:
-        print(f"vaeconverge train: {exc}; nothing written to {args.out}", file=sys.stderr)
-        return 1
-    out = write_run(args.out, result)
-    if args.tensorboard is not None:
-        from ..report.tensorboard import write_scalars
+    with graceful_stop() as signals:
+        try:
+            result = train(config, dataset, progress=not args.quiet)
+        except TrainingDiverged as exc:
+            print(f"vaeconverge train: {exc}; nothing written to {args.out}", file=sys.stderr)
+            return 1
+        out = write_run(args.out, result)
+        if args.tensorboard is not None:
+            from ..report.tensorboard import write_scalars
 
-        write_scalars(args.tensorboard, result.metrics)
+            write_scalars(args.tensorboard, result.metrics)
     s = result.summary
     log_lik = "n/a" if s["log_likelihood"] is None else f"{s['log_likelihood']:.6g}"
     state = " (interrupted)" if s["interrupted"] else ""
@@ -484,7 +495,7 @@ def _run_train(args: argparse.Namespace) -> int:
           f"{grad_text(s)}, log_likelihood {log_lik}; wrote {out}")
     print(f"  rate: {rate_text(s['rate'])}")
     print(f"  bound: {bound_text(s['bound'])}")
-    return 0
+    return EXIT_INTERRUPT if signals.received else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vaeconverge {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before a command's own handling (a run's first checkpoint): nothing was saved
+        print(f"vaeconverge {args.command}: interrupted before anything was saved", file=sys.stderr)
+        return EXIT_INTERRUPT
 
 
 if __name__ == "__main__":

@@ -83,8 +83,15 @@ def _map(cache: Path) -> np.ndarray | None:
 
 def read_partition(path: Path) -> list[str]:
     """The names of the train split's images, in the file's order."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--data", f"{path}: not a text file of 'IMAGE.jpg SPLIT' lines (byte {exc.start} is not "
+                                    "UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError("--data", f"{path}: cannot be read ({exc.strerror or exc})") from None
     names = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -135,6 +142,8 @@ def _build_cache(paths: list[Path], cache: Path, progress: bool) -> None:
     partial = cache.with_name(cache.name + f".{os.getpid()}.part")
     try:
         try:
+            partial.unlink(missing_ok=True)  # a leftover of an earlier process of this id (or a link): never followed
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
             out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), VALUES))
         except OSError as exc:
             raise ConfigError("--data-dir", f"celeba: cannot write the cache {partial} ({exc.strerror or exc}); "

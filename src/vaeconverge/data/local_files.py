@@ -31,6 +31,34 @@ _PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.mult
                    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
+def _frombuffer(buffer: object, dtype: np.dtype, shape: tuple[int, ...], order: str,
+                axis_order: tuple[int, ...] | None = None) -> np.ndarray:
+    """What protocol 5 pickles of arrays call (numpy's ``_frombuffer``), admitting only plain bytes of a
+    plain numeric dtype."""
+    if not isinstance(buffer, bytes | bytearray | pickle.PickleBuffer) or not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError("refused an array that is not plain bytes")
+    if dtype.hasobject or dtype.kind not in "biufc" or order not in ("C", "F", "K"):
+        raise pickle.UnpicklingError(f"refused an array of dtype {dtype} (order {order!r})")
+    array = np.frombuffer(buffer, dtype=dtype)
+    if order == "K" and axis_order is not None:
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order="C" if order == "K" else order)
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """What protocol 2 pickles of empty bytes (an empty array's buffer) call: ``bytes()`` and nothing more."""
+    if args:
+        raise pickle.UnpicklingError("refused bytes() with arguments, which a CIFAR-100 file does not contain")
+    return b""
+
+
+# Protocol 5 (pickle.HIGHEST_PROTOCOL) stores arrays as a buffer read back by numpy's ``_frombuffer``, and
+# protocol 2 writes empty bytes as a call of ``bytes()``: both served by the checked stand-ins above.
+_PICKLE_REPLACED = {("numpy.core.numeric", "_frombuffer"): _frombuffer,
+                    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+                    ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
+
+
 def data_root(data_dir: str | None) -> Path:
     """The folder holding the local data sets."""
     return Path(data_dir or os.environ.get("VAECONVERGE_DATA") or "data")
@@ -94,6 +122,8 @@ def _cifar100(data_dir: str | None) -> np.ndarray:
     if images.shape[1] != values:
         raise ConfigError("--data", f"{path}: expected {values} values per image (3 channels x 32 x 32), found "
                                     f"{images.shape[1]}")
+    if images.shape[0] == 0:
+        raise ConfigError("--data", f"{path}: no examples (its b'data' array holds 0 images)")
     return images
 
 
@@ -101,6 +131,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles only what :data:`_PICKLE_ALLOWED` names: a CIFAR file runs no other code."""
 
     def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _PICKLE_REPLACED:
+            return _PICKLE_REPLACED[module, name]
         if (module, name) in _PICKLE_ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused to load {module}.{name}, which a CIFAR-100 file does not contain")
@@ -111,8 +143,11 @@ def read_cifar_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as handle:
             batch = _RestrictedUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError) as exc:
         raise ConfigError("--data", f"{path}: not a readable CIFAR-100 file ({exc or 'truncated'})") from None
+    except OSError as exc:
+        raise ConfigError("--data", f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(batch, dict):
         raise ConfigError("--data", f"{path}: expected a dictionary, found {type(batch).__name__}")
     return batch
@@ -135,6 +170,8 @@ def read_idx_images(path: Path) -> np.ndarray:
     if len(data) < header:
         raise ConfigError("--data", f"{path}: truncated inside its header")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    if shape[0] == 0:
+        raise ConfigError("--data", f"{path}: no examples (its header announces 0 images)")
     expected = header + int(np.prod(shape))
     if len(data) != expected:
         raise ConfigError("--data", f"{path}: truncated or corrupt: its header announces {shape[0]} images of "

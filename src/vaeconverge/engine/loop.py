@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import PermutationBatches
+from ..runtime import finishing
 from .recorder import Recorder
 
 
@@ -27,7 +28,8 @@ def run_steps(
     """Steps 1..``steps``: ``batch_losses()`` gives every replica's loss (T,) on its next batch, their *sum* is
     differentiated (each replica's gradient stays its own), ``squared_norms`` returns each replica's squared
     gradient norm (and may clip in place), and the recorder records its checkpoints (step 0 too).
-    Ctrl-C stops early, after recording the last completed step; returns whether it did."""
+    Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops early, after recording the last completed step;
+    returns whether it did. Once the loop has ended, further signals are held until the run is written."""
 
     def record(step: int, lr: float) -> dict[str, float]:
         return recorder.record(step, lr, max(epochs.epoch, 0))[-1]
@@ -55,5 +57,6 @@ def run_steps(
             record(step - 1, optimizer.param_groups[0]["lr"])
         return True
     finally:
+        finishing()
         bar.close()
     return False

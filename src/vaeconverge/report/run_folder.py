@@ -3,11 +3,13 @@ run, checkpoint.pt, each written atomically."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..engine.checkpoint import atomic_write
 from ..engine.outputs import write_tables
+from ..validation import ConfigError
 from .figures import plot_run
 
 
@@ -18,6 +20,31 @@ class FinishedRun(Protocol):
     summary: dict[str, Any]
 
     def save_checkpoint(self, path: str | Path) -> None: ...
+
+
+# The files that make a folder a run folder: one of them there means --out would replace an earlier run.
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")
+
+
+def check_output_folder(out_dir: Path, option: str, *, overwrite: bool = False, holds_runs: bool = True) -> None:
+    """Refuse, before any work, an output folder that could not be written or would silently replace a run: a
+    path that exists and is not a folder, a folder already holding a run (where ``holds_runs``, unless
+    ``overwrite``), or one whose nearest existing ancestor is not a writable folder. Creates nothing; a
+    :class:`ConfigError` for ``option`` names the problem."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ConfigError(option, f"{out_dir} exists and is not a directory")
+        present = [name for name in RUN_FILES if (out_dir / name).exists()]
+        if present and holds_runs and not overwrite:
+            raise ConfigError(option, f"{out_dir} already holds a run ({', '.join(present)}); pass --overwrite "
+                                      "to replace it")
+    ancestor = out_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(option, f"cannot create {out_dir}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(option, f"cannot write into {ancestor} (permission denied)")
 
 
 def write_run(out_dir: str | Path, result: FinishedRun) -> Path:

@@ -29,7 +29,8 @@ class Executor(Protocol):
 
 
 def execute(task: Task, threads: int | None = None) -> Outcome:
-    """Train one run (a VAE, or BBVI) and turn whatever happens into an :class:`Outcome` (the worker's whole job)."""
+    """Train one run (a VAE, or BBVI) and turn whatever happens into an :class:`Outcome` (the worker's whole job);
+    a run cut short by an interrupt is no outcome: it raises KeyboardInterrupt, and the sweep stops."""
     from ..bbvi import train as train_bbvi
     from ..data import load_dataset
     from ..engine import TrainingDiverged, train
@@ -47,6 +48,8 @@ def execute(task: Task, threads: int | None = None) -> Outcome:
         return Outcome(run_id, "diverged", time.perf_counter() - start, error=str(exc), diverged_step=exc.step)
     except Exception as exc:  # a failing run is recorded, and the sweep goes on
         return Outcome(run_id, "failed", time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+    if result.summary.get("interrupted"):  # the training loop caught a Ctrl-C and stopped early: not finished
+        raise KeyboardInterrupt
     return Outcome(run_id, "done", time.perf_counter() - start, summary=result.summary, metrics=result.metrics)
 
 

@@ -1,18 +1,21 @@
 """The sweep driver: expands a specification, queues its runs in the store, hands the pending ones to an
 executor and writes each outcome as it arrives. Running it again after any interruption completes the sweep:
-finished runs are kept, and runs that were in flight start over."""
+finished runs are kept, and runs that were in flight start over. An interruption (Ctrl-C) stops the sweep: the
+runs in flight, cut short, go back to the queue, never stored as finished, and the KeyboardInterrupt goes on to
+the caller."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import suppress
 
 from tqdm.auto import tqdm
 
 from .executors import Executor
 from .grid import Config, SpecError, SweepSpec
 from .identity import run_id
-from .store import Store
+from .store import Store, StoreError
 
 
 def run_sweep(spec: SweepSpec, store: Store, executor: Executor, progress: bool = True,
@@ -43,10 +46,29 @@ def run_sweeps(specs: Sequence[SweepSpec], store: Store, executor: Executor, pro
     with tqdm(total=len(runs), initial=len(runs) - len(pending), desc=desc, unit="run",
               disable=not progress or None) as bar:
         failures: Counter[str] = Counter()
-        for outcome in executor.run(pending, store.mark_running):
-            store.record(outcome)
-            bar.update()
-            if outcome.status in ("failed", "diverged"):
-                failures[outcome.status] += 1
-                bar.set_postfix(failures)
+        outcomes = executor.run(pending, store.mark_running)
+        try:
+            for outcome in outcomes:
+                if outcome.summary is not None and outcome.summary.get("interrupted"):
+                    raise KeyboardInterrupt  # cut short by a Ctrl-C the run caught itself: it is not finished
+                store.record(outcome)
+                bar.update()
+                if outcome.status in ("failed", "diverged"):
+                    failures[outcome.status] += 1
+                    bar.set_postfix(failures)
+        except BaseException:
+            _stop(outcomes, store)
+            raise
     return {spec.name: store.counts(spec.name) for spec in specs}
+
+
+def _stop(outcomes: object, store: Store) -> None:
+    """After an interruption or an error: stop the executor's runs (closing its generator cancels them) and queue
+    again the runs that were in flight, so that none of them reads as finished or running."""
+    close = getattr(outcomes, "close", None)
+    try:
+        if close is not None:
+            close()
+    finally:
+        with suppress(StoreError):  # a damaged store: the error on its way out says so
+            store.requeue_running()
