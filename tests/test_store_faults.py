@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from vaeconverge.cli import main
 from vaeconverge.config import RunConfig
-from vaeconverge.engine.recorder import METRIC_COLUMNS
+from vaeconverge.engine.recorder import METRIC_COLUMNS, Recorder
 from vaeconverge.sweeps import Outcome, Store, StoreError, parse_spec, run_id, run_sweep
 from vaeconverge.sweeps.grid import Config
 from vaeconverge.sweeps.store import BIASED_ERA_NOTE
@@ -83,14 +82,15 @@ def test_ctrl_c_during_a_jobs_1_sweep_exits_130_and_a_rerun_redoes_the_cut_run(t
     spec_path.write_text(SMALL + "[zip]\nsteps = [30, 200000]\n")
     db = tmp_path / "r.db"
     short, long = map(run_id, parse_spec(spec_path.read_text()).runs())
-    mark_running = Store.mark_running
+    observe, steps = Recorder.observe, [0]
 
-    def ctrl_c_into_the_long_run(self: Store, identifier: str) -> None:
-        mark_running(self, identifier)
-        if identifier == long:  # a real SIGINT, a moment into its training
-            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    def ctrl_c_into_the_long_run(self: Recorder, squared_norms) -> None:
+        steps[0] += 1
+        if steps[0] == 30 + 20:  # a real SIGINT at step 20 of the long run (the short one has 30 steps)
+            os.kill(os.getpid(), signal.SIGINT)
+        return observe(self, squared_norms)
 
-    monkeypatch.setattr(Store, "mark_running", ctrl_c_into_the_long_run)
+    monkeypatch.setattr(Recorder, "observe", ctrl_c_into_the_long_run)
     assert main(["sweep", str(spec_path), "--store", str(db), "--jobs", "1", "--quiet"]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "keeps the finished runs" in err and "same command" in err
