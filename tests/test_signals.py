@@ -8,6 +8,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from vaeconverge.cli import main
 from vaeconverge.engine.recorder import Recorder
@@ -70,3 +71,24 @@ def test_a_signal_before_the_first_checkpoint_is_one_line(tmp_path, capsys, monk
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
     assert not out.exists()
     assert {sig: signal.getsignal(sig) for sig in before} == before  # the previous handlers are back
+
+
+def test_a_ctrl_c_inside_the_denormals_team_is_not_swallowed(monkeypatch):
+    """The flush-to-zero bits are set by a ctypes callback on every OpenMP thread; ctypes swallows a callback's
+    exceptions, so a Ctrl-C handled there would be lost (a sweep then trained on for 200,000 steps)."""
+    from vaeconverge import runtime
+
+    if runtime._gomp_parallel() is None:
+        pytest.skip("torch's intra-op threads are not GNU OpenMP's here")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    real, calls = torch.set_flush_denormal, [0]
+
+    def sending(on: bool) -> bool:
+        calls[0] += 1
+        if calls[0] == 2:  # the first call inside the team
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(on)
+
+    monkeypatch.setattr(torch, "set_flush_denormal", sending)
+    with pytest.raises(KeyboardInterrupt):
+        runtime._set_flush_denormal_everywhere(runtime.flushes_denormals())

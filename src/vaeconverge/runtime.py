@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +67,24 @@ def _set_flush_denormal_everywhere(on: bool) -> None:
     torch.set_flush_denormal(on)
     parallel, threads = _gomp_parallel(), torch.get_num_threads()
     if parallel is not None and threads > 1:
-        parallel(_TEAM_BODY(lambda _: torch.set_flush_denormal(on)), None, threads, 0)
+        # A Ctrl-C handled while the main thread runs the callback would be swallowed by ctypes, which reports
+        # a callback's exceptions as unraisable: catch it there and raise it once the team is done.
+        interrupts: list[BaseException] = []
+        report = sys.unraisablehook
+
+        def hold(unraisable: sys.UnraisableHookArgs) -> None:
+            if isinstance(unraisable.exc_value, KeyboardInterrupt):
+                interrupts.append(unraisable.exc_value)
+            else:
+                report(unraisable)
+
+        sys.unraisablehook = hold
+        try:
+            parallel(_TEAM_BODY(lambda _: torch.set_flush_denormal(on)), None, threads, 0)
+        finally:
+            sys.unraisablehook = report
+        if interrupts:
+            raise KeyboardInterrupt
 
 
 def flushes_denormals() -> bool:
