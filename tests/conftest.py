@@ -41,3 +41,14 @@ def linear_vae() -> LinearVAE:
 def small_x() -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     return torch.randn(7, 5, generator=gen, dtype=torch.float64)
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: a Ray driver started earlier in this process (the Ray executor's
+    tests) replaces it at the C level, after which a Ctrl-C would never reach Python."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -73,7 +73,7 @@ def test_a_signal_before_the_first_checkpoint_is_one_line(tmp_path, capsys, monk
     assert {sig: signal.getsignal(sig) for sig in before} == before  # the previous handlers are back
 
 
-def test_a_ctrl_c_inside_the_denormals_team_is_not_swallowed(monkeypatch):
+def test_a_ctrl_c_inside_the_denormals_team_is_not_swallowed(monkeypatch, python_sigint):
     """The flush-to-zero bits are set by a ctypes callback on every OpenMP thread; ctypes swallows a callback's
     exceptions, so a Ctrl-C handled there would be lost (a sweep then trained on for 200,000 steps)."""
     from vaeconverge import runtime

@@ -77,7 +77,8 @@ def test_an_interrupted_run_is_queued_again_never_done_and_the_sweep_stops(tmp_p
         assert store.counts("small")["done"] == 1
 
 
-def test_ctrl_c_during_a_jobs_1_sweep_exits_130_and_a_rerun_redoes_the_cut_run(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_during_a_jobs_1_sweep_exits_130_and_a_rerun_redoes_the_cut_run(tmp_path, capsys, monkeypatch,
+                                                                              python_sigint):
     spec_path = tmp_path / "s.toml"
     spec_path.write_text(SMALL + "[zip]\nsteps = [30, 200000]\n")
     db = tmp_path / "r.db"
