@@ -100,6 +100,19 @@ def test_ctrl_c_during_a_jobs_1_sweep_exits_130_and_a_rerun_redoes_the_cut_run(t
         assert store.metrics(long) == []
 
 
+def _refused_by_every_store_command(store: Path, tmp_path: Path, capsys, words: str) -> Path:
+    """`sweep status`, `report` and a writing `sweep` on ``store`` each exit 2 with one line naming it and saying
+    ``words``; returns the sweep spec written for the last."""
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text(SMALL + "steps = 30\n")
+    for argv in (["sweep", "status", str(store)], ["report", str(store), "--out", str(tmp_path / "rep")],
+                 ["sweep", str(spec_path), "--store", str(store), "--jobs", "1", "--quiet"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and str(store) in err, argv
+    return spec_path
+
+
 def test_reading_commands_refuse_a_foreign_sqlite_file_and_leave_it_as_it_was(tmp_path, capsys):
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as db:
@@ -107,13 +120,7 @@ def test_reading_commands_refuse_a_foreign_sqlite_file_and_leave_it_as_it_was(tm
         db.execute("INSERT INTO notes VALUES ('mine')")
     db.close()
     before = _files(tmp_path)
-    spec_path = tmp_path / "s.toml"
-    spec_path.write_text(SMALL + "steps = 30\n")
-    for argv in (["sweep", "status", str(other)], ["report", str(other), "--out", str(tmp_path / "rep")],
-                 ["sweep", str(spec_path), "--store", str(other), "--jobs", "1", "--quiet"]):
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "not a vaeconverge store" in err and str(other) in err, argv
+    spec_path = _refused_by_every_store_command(other, tmp_path, capsys, "not a vaeconverge store")
     assert _files(tmp_path) == before | {"s.toml": spec_path.read_bytes()}  # no tables, no WAL, no lock left
     assert not (tmp_path / "rep").exists()
 
@@ -206,11 +213,5 @@ def test_a_store_damaged_in_its_middle_pages_is_one_clear_error(tmp_path, capsys
     assert len(data) > 40 * 4096
     data[len(data) // 4: 3 * len(data) // 4] = b"\xa5" * (3 * len(data) // 4 - len(data) // 4)
     db.write_bytes(bytes(data))
-    spec_path = tmp_path / "s.toml"
-    spec_path.write_text(SMALL + "steps = 30\n")
-    for argv in (["sweep", "status", str(db)], ["report", str(db), "--out", str(tmp_path / "rep")],
-                 ["sweep", str(spec_path), "--store", str(db), "--jobs", "1", "--quiet"]):
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "not a usable vaeconverge store" in err and str(db) in err, argv
+    _refused_by_every_store_command(db, tmp_path, capsys, "not a usable vaeconverge store")
     assert db.read_bytes() == bytes(data)
