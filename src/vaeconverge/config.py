@@ -10,7 +10,16 @@ from .nn import ACTIVATIONS, MODELS, model_spec
 from .objectives import OBJECTIVES
 from .optim import OPTIMIZERS, bound_family, optimizer_spec, uncovered_reason
 from .theory.run import AssessedRun
-from .validation import ConfigError, check_choice, check_nonnegative, check_optimizer_options, check_positive
+from .validation import (
+    ConfigError,
+    as_tuple,
+    check_choice,
+    check_nonnegative,
+    check_optimizer_options,
+    check_positive,
+    check_seed,
+    check_threads,
+)
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
@@ -123,11 +132,10 @@ class RunConfig:
             raise ConfigError("--data", "must name a built-in data set or a file")
         if self.clip_grad_norm is not None:
             check_positive("--clip-grad-norm", self.clip_grad_norm)
-        if self.threads is not None:
-            check_positive("--threads", self.threads)
-        check_seeds(self.replica_seeds, self.optimizer)
+        check_threads(self.threads)
+        check_seed("--data-seed", self.synthetic.seed)
+        check_seeds(self.replica_seeds, self.optimizer, "--seeds" if self.seeds else "--seed")
         return self
-
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary of every resolved option."""
@@ -146,10 +154,7 @@ class RunConfig:
             raise ConfigError(unknown[0], "unknown option")
         if "synthetic" in values and isinstance(values["synthetic"], dict):
             values["synthetic"] = SyntheticConfig(**values["synthetic"])
-        for key in ("adam_betas", "seeds"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return cls(**list_options(values))
 
     def assessed(self) -> AssessedRun:
         """What the theory reads of this run."""
@@ -165,10 +170,21 @@ class RunConfig:
         )
 
 
-def check_seeds(seeds: tuple[int, ...], optimizer: str) -> None:
-    """Replica seeds must be distinct non-negative integers, and the optimizer must not couple several."""
-    if not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError("--seeds", f"seeds must be non-negative integers (got {list(seeds)})")
+def list_options(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (read from TOML or JSON) with the list-valued options as tuples, checked to be lists."""
+    values = dict(values)
+    if "adam_betas" in values:
+        values["adam_betas"] = as_tuple("adam_betas", values["adam_betas"], 2, "[0.9, 0.999]")
+    if "seeds" in values:
+        values["seeds"] = as_tuple("seeds", values["seeds"], example="[0, 1, 2]")
+    return values
+
+
+def check_seeds(seeds: tuple[int, ...], optimizer: str, option: str = "--seeds") -> None:
+    """Replica seeds must be distinct integers in torch's range, and the optimizer must not couple several;
+    ``option`` is the flag that gave them (``--seed`` for a single one)."""
+    for seed in seeds:
+        check_seed(option, seed)
     if len(set(seeds)) != len(seeds):
         raise ConfigError("--seeds", f"seeds must be distinct (got {list(seeds)})")
     couples = optimizer_spec(optimizer).couples

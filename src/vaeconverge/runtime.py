@@ -1,6 +1,6 @@
-"""Where the arithmetic runs: the cores this process may use, intra-op threads, and denormal floats.
+"""Where the arithmetic runs: the cores this process may use, its memory, intra-op threads, and denormal floats.
 
-The lowest floor of the package: the engine, the data loaders and the commands all ask it, and it asks nobody.
+The lowest floor of the package but for ``validation``: the engine, the data loaders and the commands ask it.
 
 Denormals. Arithmetic on denormal floats (below 1.2e-38 in float32) takes a slow path on x86, and training
 makes them: Adam's first moment of a weight whose gradient is exactly zero, as behind a dead ReLU unit, shrinks
@@ -11,6 +11,7 @@ that range, to zero (the README's performance section has the measurements).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import sys
@@ -22,10 +23,39 @@ from functools import cache
 
 import torch
 
+from .validation import ConfigError
+
 
 def available_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new allocation now (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def require_memory(option: str, needed: float, what: str) -> None:
+    """Refuse, before allocating, what needs more memory than is available: a :class:`ConfigError` for
+    ``option`` that gives the estimate. ``what`` says what needs it (and which options size it)."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise ConfigError(option, f"{what} needs about {_size(needed)}, more than the {_size(free)} of memory "
+                                  "available")
+
+
+def _size(nbytes: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = min(int(math.log(max(nbytes, 1.0), 1024)), len(units) - 1)
+    return f"{nbytes / 1024**power:.3g} {units[power]}"
 
 
 @contextmanager

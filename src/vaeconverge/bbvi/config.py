@@ -16,6 +16,8 @@ from ..config import (
     check_optimizer_options,
     check_positive,
     check_seeds,
+    check_threads,
+    list_options,
 )
 from ..optim import bound_family, uncovered_reason
 from ..theory.run import AssessedRun
@@ -97,7 +99,8 @@ class BBVIConfig:
                 raise ConfigError("--batch-size", f"must be at most N = {n}, the data of --target {self.target} "
                                                   f"(got {self.batch_size})")
         check_optimizer_options(self.momentum, self.adam_betas)
-        check_seeds(self.replica_seeds, self.optimizer)
+        check_threads(self.threads)
+        check_seeds(self.replica_seeds, self.optimizer, "--seeds" if self.seeds else "--seed")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +117,4 @@ class BBVIConfig:
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(unknown[0], "unknown option")
-        for key in ("adam_betas", "seeds"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return cls(**list_options(values))

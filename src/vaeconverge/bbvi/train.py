@@ -27,7 +27,7 @@ from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import run_steps
 from ..engine.recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from ..optim import build_optimizer, build_schedule
-from ..runtime import flush_denormals, intra_op_threads
+from ..runtime import flush_denormals, intra_op_threads, require_memory
 from .config import BBVIConfig
 from .families import Family, Gaussian, build_family
 from .objectives import build_objective
@@ -171,6 +171,12 @@ def train(config: BBVIConfig, target: Target | None = None, progress: bool = Tru
     target = target if target is not None else build_target(config.target)
     if config.batch_size is None:  # resolved, so that the summary and the bounds see the B that was used
         config = dataclasses.replace(config, batch_size=target.n_data)
+    # Each variational draw is scored against the data: about four float32 tensors of (dim + N) per draw, with
+    # the backward pass's. Refused before drawing when that cannot fit.
+    draws = len(config.replica_seeds) * config.samples * (1 + 2 * config.eval_samples)
+    require_memory("--samples", 16 * draws * (target.dim + target.n_data),
+                   f"{draws:,} variational draws a step and a checkpoint (--samples x --eval-samples x seeds) "
+                   f"against {target.n_data:,} data")
     with intra_op_threads(config.threads or 1), flush_denormals(config.denormals == "flush"):
         return _fit(config, target, progress)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -32,6 +34,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+# A value argparse would take for an option because it starts with '-' (it reads only -1 and -0.5 as numbers).
+_NEGATIVE_VALUE = re.compile(r"-\.?\d[\d.,eE+-]*")
+_ARGPARSE_NUMBER = re.compile(r"-\d+|-\d*\.\d+")
+MAX_SEED_COUNT = 10_000  # replicas of one run; more is a typo (their seeds alone would fill memory)
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--opt -1,2`` as ``--opt=-1,2``: argparse takes a value such as -1,2 or -1e-3 for an option flag."""
+    out: list[str] = []
+    for token in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_VALUE.fullmatch(token)
+                and not _ARGPARSE_NUMBER.fullmatch(token)):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def _seeds(text: str) -> tuple[int, ...] | int:
     """``T`` (a count) or a comma-separated list of seeds."""
     try:
@@ -39,8 +59,9 @@ def _seeds(text: str) -> tuple[int, ...] | int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count T or a list of seeds like 0,1,2 (got {text!r})") from None
     if len(values) == 1:
-        if values[0] < 1:
-            raise argparse.ArgumentTypeError(f"the number of seeds must be at least 1 (got {values[0]})")
+        if not 1 <= values[0] <= MAX_SEED_COUNT:
+            raise argparse.ArgumentTypeError(f"the number of seeds must lie in [1, {MAX_SEED_COUNT}] "
+                                             f"(got {values[0]})")
         return values[0]
     return values
 
@@ -273,6 +294,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from ..sweeps import SpecError, Store, StoreError, load_spec, run_sweep
+    from ..sweeps.runner import check_data
 
     try:
         if args.spec == "status":
@@ -288,6 +310,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("--store", "name the SQLite result store, e.g. --store results.db")
         spec = load_spec(args.spec)
         executor = _sweep_executor(args)
+        if args.executor == "local":  # a cluster's workers may read data this machine does not hold
+            check_data([spec])
         with Store(args.store) as store:
             try:
                 counts = run_sweep(spec, store, executor, progress=not args.quiet, retry_failed=args.retry_failed)
@@ -295,11 +319,20 @@ def _run_sweep(args: argparse.Namespace) -> int:
                 print(f"vaeconverge sweep: interrupted; {args.store} keeps the finished runs (those cut short are "
                       "queued again), and the same command resumes the sweep", file=sys.stderr)
                 return EXIT_INTERRUPT
+            _print_failures(store, [spec.name])
     except (SpecError, StoreError) as exc:
         raise ConfigError("sweep", str(exc)) from None
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
           + f"; stored in {args.store}")
     return 0 if counts["done"] == sum(counts.values()) else 1
+
+
+def _print_failures(store: Store, sweeps: Sequence[str]) -> None:
+    """Why runs failed or diverged: each distinct reason once, with its count, on stderr."""
+    reasons = Counter((run.status, run.error or "no reason recorded") for name in sweeps for run in store.runs(name)
+                      if run.status in ("failed", "diverged"))
+    for (status, reason), count in reasons.most_common():
+        print(f"  {count} run{'s' if count > 1 else ''} {status}: {reason}", file=sys.stderr)
 
 
 def _sweep_executor(args: argparse.Namespace) -> Executor:
@@ -346,10 +379,12 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from ..report.page import write_report
+    from ..report.run_folder import check_output_folder
     from ..sweeps import Store, StoreError
 
     if not args.database.is_file():
         raise ConfigError("report", f"no store at {args.database}")
+    check_output_folder(args.out, "--out", holds_runs=False)
     try:
         with Store(args.database, readonly=True) as store:
             page, verdicts = write_report(store, args.out)
@@ -380,16 +415,19 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_reproduce(args: argparse.Namespace) -> int:
     from ..report.page import write_report
+    from ..report.run_folder import check_output_folder
     from ..sweeps import SpecError, StoreError
     from ..sweeps.reproduce import reproduce
 
     if args.jobs < 1:
         raise ConfigError("--jobs", f"must be at least 1 (got {args.jobs})")
     out = args.out or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
+    check_output_folder(out, "--out", holds_runs=False)
     try:
         with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet) as store:
             page, verdicts = write_report(store, out)
             counts = store.counts()
+            _print_failures(store, [name for name, _ in store.sweeps()])
     except KeyboardInterrupt:
         print(f"vaeconverge reproduce: interrupted; run the same command to resume ({out / 'results.db'})",
               file=sys.stderr)
@@ -502,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vaeconverge`` command; returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # usage errors, --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime import require_memory
+
 
 @dataclass(frozen=True)
 class SyntheticLinear:
@@ -20,7 +22,10 @@ class SyntheticLinear:
 def make_synthetic_linear(
     n_samples: int, data_dim: int, latent_dim: int, noise_std: float, seed: int = 0
 ) -> SyntheticLinear:
-    """Draw ``n_samples`` points of dimension ``data_dim`` from a seeded pPCA model."""
+    """Draw ``n_samples`` points of dimension ``data_dim`` from a seeded pPCA model (refused, before drawing,
+    when they would not fit in memory)."""
+    require_memory("--data-dim" if data_dim > n_samples else "--n-samples", 8 * n_samples * (latent_dim + 3 * data_dim),
+                   f"synthetic-linear data of {n_samples:,} x {data_dim:,} (--n-samples x --data-dim)")
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(data_dim, latent_dim, generator=gen, dtype=torch.float64)
     bias = torch.randn(data_dim, generator=gen, dtype=torch.float64)

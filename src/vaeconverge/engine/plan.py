@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..runtime import available_cores
@@ -42,11 +44,55 @@ class Plan:
     threads: int
 
 
-def step_flops(forward: Callable[..., torch.Tensor], *args: torch.Tensor) -> int:
-    """Floating-point operations of one training step: 3x those of ``forward(*args)`` (backward ~ 2x forward)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+# Copies of the parameters a run holds per replica: the weights, their gradient, Adam's two moments and the two
+# independent gradient replicates of a checkpoint.
+STATE_COPIES = 6
+# Examples per chunk of a checkpoint's full-data evaluation (diagnostics.grad_norms).
+EVAL_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One replica's training step as measured on torch's meta device, where nothing is allocated: its
+    parameters, floating-point operations (forward and backward) and the bytes of the forward pass's tensors."""
+
+    parameters: int
+    flops: int
+    forward_bytes: int
+    batch_size: int
+
+    def run_bytes(self, replicas: int, examples: int) -> tuple[float, float]:
+        """An estimate of a run's peak memory beyond its data, in two parts: the parameters' copies, and the
+        tensors of a training step or of a checkpoint's chunk of ``examples`` (whichever is larger) twice over
+        for the backward pass; each once per replica."""
+        per_example = self.forward_bytes / self.batch_size
+        activations = 2 * per_example * max(self.batch_size, min(examples, EVAL_CHUNK))
+        return replicas * STATE_COPIES * 4 * self.parameters, replicas * activations
+
+
+class _ForwardBytes(TorchDispatchMode):
+    """Adds up the bytes of every new tensor the operations under it produce (views of others hold none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Callable[..., object], types: object, args: tuple = (),
+                           kwargs: dict | None = None) -> object:
+        out = func(*args, **(kwargs or {}))
+        if not getattr(func, "is_view", False):
+            self.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def step_cost(model: torch.nn.Module, forward: Callable[..., torch.Tensor], batch_size: int,
+              *args: torch.Tensor) -> StepCost:
+    """The :class:`StepCost` of ``forward(*args)`` for ``model``, all built on the meta device (so that a step
+    too large for memory is measured, not allocated); backward costs about twice the forward's operations."""
+    with FlopCounterMode(display=False) as counter, _ForwardBytes() as sizes, torch.no_grad():
         forward(*args)
-    return 3 * counter.get_total_flops()
+    parameters = sum(p.numel() for p in model.parameters())
+    return StepCost(parameters, 3 * counter.get_total_flops(), sizes.total, batch_size)
 
 
 def plan(replica_flops: float, replicas: int, requested_threads: int | None = None, loop: bool = False) -> Plan:

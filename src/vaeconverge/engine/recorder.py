@@ -198,6 +198,19 @@ class Subject(ABC):
         return None
 
 
+# The top-level keys of summary.json (of a VAE run, a BBVI run and a monitored run together): what a sweep's
+# finding may name. The tests hold it to the summaries the runs write.
+SUMMARY_KEYS = (
+    "config", "seeds", "steps", "seconds", "diagnostics_seconds", "interrupted", "data", "parameters", "torch",
+    "constants", "grad_sq_norm_estimator",
+    # theory.assessment.assess_run
+    "objective", "grad_sq_norm", "grad_sq_norm_se", "grad_sq_norm_biased", "paper_proxy", "log_likelihood",
+    "random_iterate", "bound", "bands", "per_seed", "paper_shape", "rate_slope", "rate_ci", "rate", "collapsed",
+    # one kind of run's extras
+    "threads", "vectorised", "ppca_log_likelihood", "log_evidence", "evidence_gap", "posterior", "monitor_seconds",
+)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What a run was and what was measured: serialised by :meth:`to_dict` as ``summary.json``. ``assessment``

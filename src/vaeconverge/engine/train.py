@@ -20,11 +20,11 @@ from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
 from ..objectives import ELBO, IWAE, OBJECTIVES, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
-from ..runtime import flush_denormals, intra_op_threads
+from ..runtime import flush_denormals, intra_op_threads, require_memory
 from .checkpoint import FORMAT, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import run_steps
-from .plan import Plan, plan, step_flops
+from .plan import Plan, plan, step_cost
 from .recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 
 
@@ -143,19 +143,27 @@ class EnsembleSubject(Subject):
 
 def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
     """The configured VAE once per seed (replica t's initial weights come from ``torch.manual_seed(seed_t)``),
-    laid out as the size of one replica's step asks, and the plan that chose the layout."""
+    laid out as the size of one replica's step asks, and the plan that chose the layout. A run that would not
+    fit in memory is refused before anything is allocated."""
+    objective = build_objective(config)
+    seeds, batch = config.replica_seeds, config.batch_size
+    with torch.device("meta"):
+        probe = build_vae(config, x.shape[1])
+        head = torch.empty(batch, x.shape[1])
+        cost = step_cost(probe, partial(objective, probe), batch, head,
+                         torch.empty(objective.samples, batch, probe.latent_dim))
+    state, activations = cost.run_bytes(len(seeds), len(x))
+    run = (f"training {len(seeds)} replica{'s' if len(seeds) > 1 else ''} of {cost.parameters:,} parameters "
+           f"(--hidden, --depth) on batches of {batch} x {objective.samples} latent samples (--samples)")
+    require_memory("--hidden" if state > activations else "--batch-size", state + activations, run)
     models = []
-    for seed in config.replica_seeds:
+    for seed in seeds:
         torch.manual_seed(seed)
         model = build_vae(config, x.shape[1])
         model.init_from_data_(x)
         models.append(model)
-    objective = build_objective(config)
-    head = as_float(x[: config.batch_size])
-    eps = torch.zeros(objective.samples, len(head), models[0].latent_dim, dtype=head.dtype)
-    flops = step_flops(partial(objective, models[0]), head, eps)
     loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
-    chosen = plan(flops, len(models), config.threads, loop=loop)
+    chosen = plan(cost.flops, len(models), config.threads, loop=loop)
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen
 

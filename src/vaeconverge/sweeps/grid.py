@@ -34,6 +34,7 @@ from typing import Any
 from ..bbvi.config import KIND as BBVI_KIND
 from ..bbvi.config import BBVIConfig
 from ..config import ConfigError, RunConfig
+from ..engine.recorder import SUMMARY_KEYS
 
 TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "quick", "finding")
 EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
@@ -174,8 +175,18 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -
             if finding.at not in labels:
                 raise SpecError(f"{source}: finding.at", f"{finding.at!r} is not a run of the sweep; its runs are "
                                                          f"{', '.join(labels)}")
-        version.runs()  # every configuration must be valid before anything runs
+        _check_distinct(version.runs(), source)  # every configuration valid and distinct before anything runs
     return spec
+
+
+def _check_distinct(configs: list[Config], source: str) -> None:
+    """Two runs of one sweep with the same configuration would be one run: a repeated axis value."""
+    seen: dict[Config, int] = {}
+    for position, config in enumerate(configs):
+        if config in seen:
+            raise SpecError(source, f"runs {seen[config] + 1} and {position + 1} have the same configuration "
+                                    "(a repeated axis value?)")
+        seen[config] = position
 
 
 def _finding(table: Any, source: str) -> Finding:
@@ -194,6 +205,9 @@ def _finding(table: Any, source: str) -> Finding:
                                                  "expect is lowest-at")
     if table.get("reference") not in (None, "1/x"):
         raise SpecError(f"{source}: finding.reference", f"the only reference is '1/x' (got {table['reference']!r})")
+    if table["metric"].split(".")[0] not in SUMMARY_KEYS:
+        raise SpecError(f"{source}: finding.metric", f"{table['metric']!r} is not a key of a run's summary.json"
+                                                     f"{_suggest(table['metric'].split('.')[0], SUMMARY_KEYS)}")
     return Finding(table["statement"], table["metric"], table["expect"], table.get("at"), table.get("reference"))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .executors import build_executor
 from .grid import SweepSpec, parse_spec
-from .runner import run_sweeps
+from .runner import check_data, run_sweeps
 from .store import Store
 
 # What --quick changes in every study: fewer steps, and the 4 seeds below which a rate's regime is undetermined
@@ -32,9 +32,15 @@ def paper_studies(quick: bool = False, data: str | None = None) -> list[SweepSpe
 
 
 def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool) -> Store:
-    """Run every study into ``out/results.db`` (resuming what it holds) and return the open store."""
+    """Run every study into ``out/results.db`` (resuming what it holds) and return the open store (closed again
+    if the sweeps stop on an error or an interrupt)."""
+    studies = paper_studies(quick, data)
+    check_data(studies)
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out / STORE_NAME)
-    executor = build_executor(jobs)
-    run_sweeps(paper_studies(quick, data), store, executor, progress=progress)  # one queue: workers stay busy
+    try:
+        run_sweeps(studies, store, build_executor(jobs), progress=progress)  # one queue: workers stay busy
+    except BaseException:
+        store.close()
+        raise
     return store

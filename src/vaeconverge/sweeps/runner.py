@@ -12,10 +12,27 @@ from contextlib import suppress
 
 from tqdm.auto import tqdm
 
+from ..config import RunConfig
 from .executors import Executor
-from .grid import Config, SpecError, SweepSpec
+from .grid import Config, SweepSpec
 from .identity import run_id
 from .store import Store, StoreError
+
+
+def check_data(specs: Sequence[SweepSpec]) -> None:
+    """Load each distinct data set the sweeps' VAE runs read, once, here: bad data is then one error before any
+    run starts, not the same failure in every run. (For executors whose workers read the data where this
+    machine cannot, skip it.)"""
+    from ..data import load_dataset
+
+    seen = set()
+    for spec in specs:
+        for config in spec.runs():
+            if isinstance(config, RunConfig):
+                key = (config.data, config.data_dir, config.synthetic, config.likelihood, config.batch_size)
+                if key not in seen:
+                    seen.add(key)
+                    load_dataset(config, progress=False)
 
 
 def run_sweep(spec: SweepSpec, store: Store, executor: Executor, progress: bool = True,
@@ -31,12 +48,6 @@ def run_sweeps(specs: Sequence[SweepSpec], store: Store, executor: Executor, pro
     runs: dict[str, Config] = {}
     for spec in specs:
         own = [(run_id(config), config) for config in spec.runs()]
-        seen: dict[str, int] = {}
-        for position, (identifier, _) in enumerate(own):
-            if identifier in seen:
-                raise SpecError(f"sweep {spec.name}", f"runs {seen[identifier] + 1} and {position + 1} have the same "
-                                                      "configuration (a repeated axis value?)")
-            seen[identifier] = position
         store.add_sweep(spec.name, spec.source, own)
         if retry_failed:
             store.requeue_failed(spec.name)
