@@ -1,6 +1,7 @@
 """Checkpoints: a trained model survives a save/load exactly; damaged files fail with a clear error."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,22 @@ def test_checkpoint_missing_a_section_is_a_checkpoint_error(tmp_path, saved_run)
     with pytest.raises(CheckpointError, match="missing 'models'") as info:
         load_model(path)
     assert str(path) in str(info.value)
+
+
+class _Smuggled:
+    """What a malicious checkpoint would carry: a call made while it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_malicious_checkpoint_is_refused_without_running_it_or_suggesting_to_trust_it(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "vaeconverge-checkpoint-2", "payload": _Smuggled(marker)}, path)
+    message = assert_checkpoint_error(path, ["refused", "never contains"])
+    assert "weights_only" not in message and "corrupt" not in message
+    assert not marker.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -69,7 +70,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except pickle.UnpicklingError as exc:  # torch's message suggests loading unsafely: never pass that on
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(f"{path}: refused: it holds code or objects ({found.group(1)}) that a "
+                                  "vaeconverge checkpoint never contains; it was not loaded") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(exc))
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint"
+                              + (f" ({detail.group(1).strip()})" if detail else "")) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vaeconverge checkpoint")
