@@ -141,7 +141,7 @@ def test_cli_seeds_write_per_seed_rows_bands_and_summary(tmp_path, capsys):
     assert model.encoder.body[0].weight.shape == (16, 64)
 
 
-@pytest.mark.parametrize(("value", "problem"), [("0", "at least 1"), ("a,b", "list of seeds")])
+@pytest.mark.parametrize(("value", "problem"), [("0", "must lie in [1, 10000]"), ("a,b", "list of seeds")])
 def test_cli_rejects_bad_seeds(capsys, value, problem):
     assert main(["train", "--seeds", value, "--quiet"]) == 2
     assert problem in capsys.readouterr().err

@@ -149,18 +149,18 @@ def test_a_task_killed_mid_run_is_retried_or_recorded_failed(ray_instance, spec_
 
 
 def test_training_failures_are_outcomes_as_on_the_local_executor(ray_instance, tmp_path):
-    """Divergence (SGD at lr 1e8) and an exception (a missing data file) come back as the run's outcome,
+    """Divergence (SGD at lr 1e8) and an exception (a conv network on the digits) come back as the run's outcome,
     recorded with their reason exactly as locally, and are not retried (Ray sees a task that returned)."""
     spec = tmp_path / "fails.toml"
     spec.write_text(RELU + '[zip]\noptimizer = ["sgd", "adam"]\nlr = [1e8, 1e-3]\n'
-                    f'data = ["digits", "{tmp_path / "gone.npy"}"]\n')
+                    'model = ["mlp", "conv32"]\n')
     stored = {}
     for name, executor in (("local", ["--jobs", "1"]), ("ray", ["--executor", "ray", "--retries", "3"])):
         assert main(["sweep", str(spec), "--store", str(tmp_path / f"{name}.db"), *executor, "--quiet"]) == 1
         stored[name] = {run_id: numbers[:3] for run_id, numbers in _stored(tmp_path / f"{name}.db").items()}
     assert stored["ray"] == stored["local"]
     assert sorted(status for status, _, _ in stored["ray"].values()) == ["diverged", "failed"]
-    assert any("gone.npy" in (error or "") for _, error, _ in stored["ray"].values())
+    assert any("conv32 takes 3x32x32 images" in (error or "") for _, error, _ in stored["ray"].values())
 
 
 def test_asking_for_ray_without_it_installed_names_the_install_command(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from typing import Any
 from .nn import ACTIVATIONS, MODELS, model_spec
 from .objectives import OBJECTIVES
 from .optim import OPTIMIZERS, bound_family, optimizer_spec, uncovered_reason
+from .runtime import DEVICES
 from .theory.run import AssessedRun
 from .validation import (
     ConfigError,
@@ -75,6 +76,7 @@ class RunConfig:
     clip_grad_norm: float | None = None  # clip each replica's gradient to this Euclidean norm
     threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/plan.py)
     denormals: str = "flush"  # one of DENORMALS (runtime.py)
+    device: str = "auto"  # one of runtime.DEVICES: auto is CUDA where available
     # diagnostics
     eval_every: int | None = None  # None: ``eval_points`` checkpoints (see engine.recorder.evaluation_steps)
     eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.recorder)
@@ -100,6 +102,7 @@ class RunConfig:
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--schedule", self.schedule, SCHEDULES)
         check_choice("--denormals", self.denormals, DENORMALS)
+        check_choice("--device", self.device, DEVICES)
         for option, value in (
             ("--latent-dim", self.latent_dim),
             ("--hidden", self.hidden),

@@ -39,6 +39,7 @@ from .nn.activations import non_smooth_activation
 from .optim import DEFAULT_EPS, bound_family, uncovered_reason
 from .optim import recognise_optimizer as optimizer_name
 from .report.run_folder import write_measurements
+from .runtime import to_device
 from .theory.run import AssessedRun
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -208,7 +209,13 @@ class _UserLoop(Subject):
             for g, state in zip(generators, states, strict=True):
                 g.set_state(state)
 
+    def _on_model(self, batch: Any) -> Any:
+        """``batch``'s tensors where the model's parameters are (the data may stay on the host)."""
+        device = self.params[0].device
+        return _map_tensors(lambda t: to_device(t, device), batch)
+
     def _losses(self, batch: Any) -> Tensor:
+        batch = self._on_model(batch)
         losses = self.loss_fn(self.model, batch)
         examples = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
         if not isinstance(losses, Tensor) or tuple(losses.shape) != (examples,):
@@ -222,8 +229,9 @@ class _UserLoop(Subject):
         DataLoader (in its own order)."""
         if isinstance(self.data, Tensor):
             if len(self.data) <= examples:
-                return self.data
-            return self.data[torch.randperm(len(self.data), generator=generator)[:examples].to(self.data.device)]
+                return self._on_model(self.data)
+            index = torch.randperm(len(self.data), generator=generator)[:examples]
+            return self._on_model(self.data[index.to(self.data.device)])
         taken: list[Any] = []
         count = 0
         for batch in self.data:
@@ -231,7 +239,7 @@ class _UserLoop(Subject):
             count += len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
             if count >= examples:
                 break
-        return _map_tensors(lambda *leaves: torch.cat(leaves)[:examples], *taken)
+        return self._on_model(_map_tensors(lambda *leaves: torch.cat(leaves)[:examples], *taken))
 
 
 class ConvergenceMonitor:

@@ -58,8 +58,9 @@ def draw_noise(
     samples: int, batch: int, latent_dim: int, generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Standard normal reparameterisation noise of shape (K, B, latent)."""
-    return torch.randn(samples, batch, latent_dim, generator=generator, dtype=dtype)
+    """Standard normal reparameterisation noise of shape (K, B, latent), on the generator's device."""
+    device = generator.device if generator is not None else None
+    return torch.randn(samples, batch, latent_dim, generator=generator, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,29 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names: ``auto`` is CUDA where torch sees a GPU, else the CPU; ``cuda`` without
+    one is a :class:`ConfigError`."""
+    if name not in DEVICES:
+        raise ConfigError("--device", f"unknown value {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "cuda: this machine has no CUDA device that torch can use (torch "
+                                      f"{torch.__version__}); use --device cpu or auto")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` (a batch gathered on the host) on ``device``; to a GPU through pinned memory, without waiting."""
+    if x.device == device:
+        return x
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def available_memory() -> int | None:
     """Bytes of memory this machine can give a new allocation now (Linux's MemAvailable); None where unknown."""
     try:

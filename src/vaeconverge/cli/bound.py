@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
 from ..engine.checkpoint import atomic_write
-from ..engine.outputs import read_run
+from ..engine.outputs import RunFolderError, read_run
 from ..optim import bound_family, uncovered_reason
 from ..report.figures import plot_run
 from ..report.readings import bound_text, rate_text
-from ..sweeps.grid import config_from_dict
+from ..sweeps.grid import KINDS, Config, config_from_dict
 from ..theory.assessment import (
     BOUND_NAMES,
     REFERENCES,
@@ -25,33 +28,97 @@ from ..theory.assessment import (
 from ..theory.bounds import sgd_constant_bound, sgd_constant_step
 from ..theory.run import AssessedRun
 
+# The entries of a summary's constants block that are non-negative numbers (L: positive, the bounds divide by
+# it), and those that count something (positive integers).
+_CONSTANT_NUMBERS = ("L", "sigma2_x", "sigma2_eps", "R", "a", "delta")
+_CONSTANT_COUNTS = ("d", "batch_size", "samples")
+
+
+def _read(option: str, run_dir: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """:func:`read_run`, a folder it cannot read being an error of ``option``."""
+    try:
+        return read_run(run_dir)
+    except RunFolderError as exc:
+        raise ConfigError(option, str(exc)) from None
+
+
+def _measured(option: str, run_dir: Path, metrics: list[dict[str, float]]) -> None:
+    """Every checkpoint must hold a finite ||grad L||^2: the bound is held against it, and a NaN would read as a
+    violated bound (``train`` and ``bbvi`` stop a diverging run before writing it, so this is a damaged table)."""
+    for row in metrics:
+        if not math.isfinite(row["grad_sq_norm"]):
+            raise ConfigError(option, f"{Path(run_dir) / 'metrics.csv'}: grad_sq_norm is {row['grad_sq_norm']} at "
+                                      f"seed {row['seed']:.0f}, step {row['step']:.0f}; a bound is held against "
+                                      "finite measurements only (damaged, or a diverged run)")
+
 
 def _constants(option: str, run_dir: Path, summary: dict[str, Any]) -> Constants:
     if summary.get("constants") is None:
         raise ConfigError(option, f"{run_dir}: the run has no estimated constants (trained with --no-constants)")
+    where = Path(run_dir) / "summary.json"
     try:
-        return Constants.from_dict(summary["constants"])
+        constants = Constants.from_dict(summary["constants"])
     except ValueError as exc:
-        raise ConfigError(option, f"{run_dir}: {exc} (written by another version? train it again)") from exc
+        raise ConfigError(option, f"{where}: {exc} (written by another version? train it again)") from exc
+    for name in (*_CONSTANT_NUMBERS, *_CONSTANT_COUNTS):
+        value = getattr(constants, name)
+        count = name in _CONSTANT_COUNTS
+        number = not isinstance(value, bool) and isinstance(value, int if count else int | float)
+        if not number or value < 0 or (value == 0 and (count or name == "L")):
+            wanted = "a positive integer" if count else "a positive number" if name == "L" else "a number >= 0"
+            raise ConfigError(option, f"{where}: the constant {name} must be {wanted} (got {value!r})")
+    return constants
+
+
+def _config(option: str, run_dir: Path, summary: dict[str, Any]) -> Config:
+    """The run's configuration, checked as ``train`` (or ``bbvi``) checked it before the run."""
+    where = Path(run_dir) / "summary.json"
+    values = summary["config"]
+    kind = values.get("kind", "vae")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ConfigError(option, f"{where}: config.kind {kind!r} is not a kind of run of this version "
+                                  f"({', '.join(KINDS)})")
+    try:
+        return config_from_dict(values).validate()
+    except (ConfigError, TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(option, f"{where}: its config is not a valid {kind} run's ({exc}; "
+                                  "written by another version, or damaged)") from None
+
+
+def _redraw(run_dir: Path, metrics: list[dict[str, float]], summary: dict[str, Any]) -> None:
+    """Redraw the run's convergence.png with its bound; where the folder cannot be written, keep the old figure
+    (atomic_write leaves it whole, and no temporary file) and say so on stderr: reading the bound needs no write."""
+    path = Path(run_dir) / "convergence.png"
+    try:
+        atomic_write(path, lambda tmp: plot_run(metrics, summary, tmp))
+    except OSError as exc:
+        unwritable = isinstance(exc, PermissionError) or exc.errno == errno.EROFS
+        why = f"{run_dir} is not writable" if unwritable else f"could not write into {run_dir}"
+        print(f"vaeconverge bound: warning: {path} not redrawn: {why} ({exc.strerror or exc})", file=sys.stderr)
 
 
 def bound_from_run(run_dir: Path, compare: Path | None = None) -> dict[str, Any]:
-    """Recompute the run's assessment from its stored metrics and constants; redraw its convergence.png."""
-    metrics, summary = read_run(run_dir)
+    """Recompute the run's assessment from its stored metrics and constants; redraw its convergence.png (where
+    the folder is writable). Both folders are read and checked before anything is computed or drawn; a damaged
+    one is a :class:`ConfigError` of ``--from`` or ``--compare``."""
+    metrics, summary = _read("--from", run_dir)
+    _measured("--from", run_dir, metrics)
     constants = _constants("--from", run_dir, summary)
-    config = config_from_dict(summary["config"])
+    config = _config("--from", run_dir, summary)
+    if compare is not None:
+        other_metrics, other = _read("--compare", compare)
+        _measured("--compare", compare, other_metrics)
+        _constants("--compare", compare, other)
     batches_per_epoch = summary["data"]["n"] // config.batch_size
     assessment = assess_run(config.assessed(), metrics, constants, batches_per_epoch)
-    summary.update(assessment.summary)
+    summary = {**summary, **assessment.summary, "config": config.to_dict()}
     metrics = assessment.apply(metrics)
-    atomic_write(Path(run_dir) / "convergence.png", lambda tmp: plot_run(metrics, summary, tmp))
     keys = ("constants", "bound", "random_iterate", "rate_slope", "rate_ci", "rate", "paper_shape")
     report = {key: summary[key] for key in keys}
     report = {"run": str(run_dir), "steps": summary["steps"], "optimizer": config.optimizer, **report}
     if compare is not None:
-        other_metrics, other = read_run(compare)
-        _constants("--compare", compare, other)
         report["comparison"] = compare_runs(summary, metrics, other, other_metrics)
+    _redraw(run_dir, metrics, summary)
     return report
 
 

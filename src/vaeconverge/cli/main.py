@@ -16,13 +16,15 @@ from .. import config as cfg
 from ..config import ConfigError, RunConfig, SyntheticConfig
 from ..optim import DEFAULT_EPS
 from ..report.readings import bound_text, grad_text, rate_text
-from ..runtime import available_cores, graceful_stop
+from ..runtime import DEVICES, available_cores, graceful_stop
 
 if TYPE_CHECKING:
     from ..sweeps import Executor, Store
 
 EXIT_USAGE = 2
 EXIT_INTERRUPT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+DEVICE_HELP = ("where the replicas train: auto (default) is CUDA where torch sees a GPU, else the CPU; the data "
+               "stay on the host and go to the device a batch at a time")
 DENORMALS_HELP = ("flush (default): denormal floats are zero while training, which keeps Adam from slowing down "
                   "several-fold once moments of weights with zero gradients decay into them; keep: IEEE arithmetic")
 
@@ -128,6 +130,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=d.threads,
                    help="intra-op threads (default: 1 for small models, every core for large ones)")
     g.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
+    g.add_argument("--device", choices=DEVICES, default=d.device, help=DEVICE_HELP)
 
     g = p.add_argument_group("diagnostics and output")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
@@ -254,10 +257,7 @@ def _run_bound(args: argparse.Namespace) -> int:
 
     if args.compare and not args.run_dir:
         raise ConfigError("--compare", "needs --from RUN_DIR (the run to predict from)")
-    try:
-        report = bound_from_run(args.run_dir, args.compare) if args.run_dir else bound_calculator(args)
-    except FileNotFoundError as exc:
-        raise ConfigError("--from" if args.run_dir else "--compare", str(exc)) from exc
+    report = bound_from_run(args.run_dir, args.compare) if args.run_dir else bound_calculator(args)
     print(json.dumps(json_ready(report), indent=2, allow_nan=False) if args.json else format_report(report))
     return 0
 
@@ -407,6 +407,7 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                                    "already holds, then write OUT/index.html.")
     p.add_argument("--quick", action="store_true", help="short runs: the six studies in minutes on 2 cores")
     p.add_argument("--data", help="data for every study instead of the embedded digits (as train's --data)")
+    p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce, runs/reproduce-quick)")
     p.add_argument("--jobs", type=int, default=available_cores(), help="runs at once (default: %(default)s, the cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -424,7 +425,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
     check_output_folder(out, "--out", holds_runs=False)
     try:
-        with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet) as store:
+        with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet, device=args.device) as store:
             page, verdicts = write_report(store, out)
             counts = store.counts()
             _print_failures(store, [name for name, _ in store.sweeps()])

@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from ..data.storage import as_float
 from ..models.vae import VAE
 from ..objectives import Objective, ObjectiveModule, draw_noise
+from ..runtime import to_device
 
 Params = dict[str, Tensor]
 
@@ -80,6 +81,11 @@ def _subset(x: Tensor, max_examples: int, generator: torch.Generator) -> Tensor:
         return x
     index = torch.randperm(len(x), generator=generator, device=generator.device)[:max_examples]
     return x[index.to(x.device)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are, and so where its data must go."""
+    return next(model.parameters()).device
 
 
 def _forward_over_reverse_hvp(loss: Callable[[Params], Tensor], params: Params) -> Callable[[Params], Params]:
@@ -202,7 +208,7 @@ def fixed_noise_loss(
     Draws from ``generator``, in order: the subset (``randperm``, only when ``x`` has more than ``max_examples``
     rows), then the noise ``draw_noise(objective.samples, n, latent_dim, generator, x.dtype)``.
     """
-    x = as_float(_subset(x, max_examples, generator))
+    x = as_float(to_device(_subset(x, max_examples, generator), _device(model)))
     eps = draw_noise(objective.samples, len(x), model.latent_dim, generator, x.dtype).to(x.device)
     wrapper = ObjectiveModule(model, objective)
     params, fixed = _split_state(wrapper)
@@ -350,7 +356,7 @@ def example_gradient_draws(model: VAE, objective: Objective, x: Tensor, generato
                            max_examples: int = 256) -> Tensor:
     """Per-example gradients under two noise draws, (n, 2, P), on a random subset of at most ``max_examples``
     examples (drawn first from ``generator``)."""
-    x = as_float(_subset(x, max_examples, generator))
+    x = as_float(to_device(_subset(x, max_examples, generator), _device(model)))
     return per_example_gradients(model, objective, x, draws=2, generator=generator)
 
 

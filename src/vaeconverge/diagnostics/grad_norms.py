@@ -14,6 +14,7 @@ import torch
 
 from ..data.storage import as_float
 from ..objectives import Objective, draw_noise
+from ..runtime import to_device
 from .squared_norm import unbiased_squared_norm
 
 
@@ -22,6 +23,7 @@ class Replicas(Protocol):
 
     objective: Objective
     latent_dim: int
+    device: torch.device
 
     def __len__(self) -> int: ...
 
@@ -72,8 +74,9 @@ def full_objective_gradient(
     ``generators[t]`` alone, so its value does not depend on the others. The objective's standard error comes
     from the groups' differences between the replicates, d_g: each replicate's group values are independent
     with equal variance, so Var(objective) = sum_g Var(d_g) / 4, estimated by sum_g d_g^2 / 4. Uses
-    ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. ``x`` as stored: uint8 pixels
-    are converted a chunk at a time.
+    ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. ``x`` as stored (on the host,
+    uint8 pixels): each chunk goes to the replicas' device and is converted there; the noise is drawn by the
+    host's generators, so a checkpoint reads the same draws on every device.
     """
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples
@@ -84,9 +87,9 @@ def full_objective_gradient(
         for _ in range(eval_samples):
             batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []
             for c, chunk in evaluation_chunks(x, chunk_size):
-                chunk = as_float(chunk)
+                chunk = as_float(to_device(chunk, replicas.device))
                 eps = torch.stack([draw_noise(samples, len(chunk), replicas.latent_dim, g, chunk.dtype)
-                                   for g in generators])
+                                   for g in generators]).to(replicas.device)
                 batch.append((c, chunk, eps))
                 if sum(len(b) for _, b, _ in batch) >= chunk_size:  # at most about chunk_size examples per pass
                     _accumulate(replicas, batch, scale, groups, group_values)

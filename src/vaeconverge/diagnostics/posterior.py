@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.storage import as_float
+from ..runtime import to_device
 
 # A latent dimension u is active when the posterior mean E_q[z_u | x] varies across the data with variance above
 # this (Burda, Grosse & Salakhutdinov 2016, section 5.2).
@@ -38,7 +39,8 @@ def posterior_usage(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 2
     """The encoder of ``model`` (one with ``encode(x)`` giving a posterior with ``mean`` and ``kl_to_prior()``) over
     all of ``x``, a chunk at a time; exact, no Monte Carlo."""
     kl, means = 0.0, []
-    for chunk in map(as_float, x.split(chunk_size)):
+    device = next(model.parameters()).device
+    for chunk in (as_float(to_device(rows, device)) for rows in x.split(chunk_size)):
         q = model.encode(chunk)
         kl += q.kl_to_prior().double().sum().item()
         means.append(q.mean.double())

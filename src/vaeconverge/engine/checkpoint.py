@@ -15,6 +15,7 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..models import VAE, build_vae
+from ..runtime import resolve_device
 
 FORMAT = "vaeconverge-checkpoint-2"  # 2: one state dict per replica, with the replicas' seeds
 
@@ -63,13 +64,14 @@ def save_checkpoint(
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint without executing pickled code; raise :class:`CheckpointError` if unusable."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint, its tensors onto ``device``, without executing pickled code; raise
+    :class:`CheckpointError` if unusable."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's message suggests loading unsafely: never pass that on
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found:
@@ -85,9 +87,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model(path: str | Path, seed: int | None = None) -> tuple[VAE, RunConfig]:
-    """Rebuild one trained replica (the one of ``seed``; by default the first) and the run's configuration."""
-    state = load_checkpoint(path)
+def load_model(path: str | Path, seed: int | None = None, device: str = "cpu") -> tuple[VAE, RunConfig]:
+    """Rebuild one trained replica (the one of ``seed``; by default the first) on ``device`` (cpu, cuda or auto,
+    whatever device wrote it) and the run's configuration."""
+    target = resolve_device(device)
+    state = load_checkpoint(path, target)
     try:
         config = RunConfig.from_dict(state["config"]).validate()
         seeds, weights, data_dim = state["seeds"], state["models"], state["data_dim"]
@@ -98,7 +102,7 @@ def load_model(path: str | Path, seed: int | None = None) -> tuple[VAE, RunConfi
     if seed is not None and seed not in seeds:
         raise CheckpointError(f"{path}: no replica with seed {seed} (seeds: {seeds})")
     try:
-        model = build_vae(config, data_dim)
+        model = build_vae(config, data_dim).to(target)
         model.load_state_dict(weights[0 if seed is None else seeds.index(seed)])
     except (RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded configuration ({exc})") from exc

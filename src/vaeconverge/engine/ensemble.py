@@ -59,6 +59,11 @@ class Ensemble(ABC):
         return self._size
 
     @property
+    def device(self) -> torch.device:
+        """Where the replicas' parameters live, and their data and noise must go."""
+        return next(self.template.parameters()).device
+
+    @property
     def parameters_per_replica(self) -> int:
         return sum(p.numel() for p in self.template.parameters())
 
@@ -170,7 +175,7 @@ class VectorisedEnsemble(Ensemble):
         replicas = len(self)
         x = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, longest - len(c))) for c in chunks])
         noise = torch.stack([torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[-2])) for e in eps], dim=1)
-        mask = torch.stack([torch.arange(longest) < len(c) for c in chunks]).to(x.dtype)
+        mask = torch.stack([torch.arange(longest, device=x.device) < len(c) for c in chunks]).to(x.dtype)
         leaves = {name: leaf.detach().repeat_interleave(count, dim=0).requires_grad_()
                   for name, leaf in self._leaves.items()}
         params = {name: _unpad(leaf, torch.Size((replicas * count, *shape[1:]))) for (name, leaf), shape

@@ -207,7 +207,8 @@ SUMMARY_KEYS = (
     "objective", "grad_sq_norm", "grad_sq_norm_se", "grad_sq_norm_biased", "paper_proxy", "log_likelihood",
     "random_iterate", "bound", "bands", "per_seed", "paper_shape", "rate_slope", "rate_ci", "rate", "collapsed",
     # one kind of run's extras
-    "threads", "vectorised", "ppca_log_likelihood", "log_evidence", "evidence_gap", "posterior", "monitor_seconds",
+    "threads", "vectorised", "device", "ppca_log_likelihood", "log_evidence", "evidence_gap", "posterior",
+    "monitor_seconds",
 )
 
 

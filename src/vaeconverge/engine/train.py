@@ -20,7 +20,7 @@ from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
 from ..objectives import ELBO, IWAE, OBJECTIVES, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
-from ..runtime import flush_denormals, intra_op_threads, require_memory
+from ..runtime import flush_denormals, intra_op_threads, require_memory, resolve_device, to_device
 from .checkpoint import FORMAT, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import run_steps
@@ -88,7 +88,7 @@ class EnsembleSubject(Subject):
     def _closed_forms(self, model: LinearVAE) -> dict[str, float]:
         """The exact log-likelihood of a Linear VAE, and where the objective is its ELBO (whose expectation over
         the noise is in closed form) the exact objective and gradient, with no Monte Carlo error."""
-        x = as_float(self.x)
+        x = as_float(to_device(self.x, self.ensemble.device))
         with torch.no_grad():
             out = {"log_likelihood": model.exact_log_prob(x).mean().item()}
         if self.estimator.startswith("exact"):
@@ -141,10 +141,12 @@ class EnsembleSubject(Subject):
             return None
 
 
-def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
-    """The configured VAE once per seed (replica t's initial weights come from ``torch.manual_seed(seed_t)``),
-    laid out as the size of one replica's step asks, and the plan that chose the layout. A run that would not
-    fit in memory is refused before anything is allocated."""
+def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | None = None
+                   ) -> tuple[Ensemble, Plan]:
+    """The configured VAE once per seed (replica t's initial weights come from ``torch.manual_seed(seed_t)`` on
+    the host, the same on every device), moved to ``device`` (default: the host), laid out as the size of one
+    replica's step asks, and the plan that chose the layout. A run that would not fit in memory is refused
+    before anything is allocated."""
     objective = build_objective(config)
     seeds, batch = config.replica_seeds, config.batch_size
     with torch.device("meta"):
@@ -161,9 +163,9 @@ def build_ensemble(config: RunConfig, x: torch.Tensor) -> tuple[Ensemble, Plan]:
         torch.manual_seed(seed)
         model = build_vae(config, x.shape[1])
         model.init_from_data_(x)
-        models.append(model)
+        models.append(model.to(device))
     loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
-    chosen = plan(cost.flops, len(models), config.threads, loop=loop)
+    chosen = plan(cost.flops, len(models), config.threads, loop=loop, device=device)
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen
 
@@ -176,19 +178,24 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     replica t is the same whether it trains alone or beside others, and a run repeats bit for bit on CPU.
     """
     config.validate()
-    ensemble, chosen = build_ensemble(config, dataset.x)
+    device = resolve_device(config.device)
+    ensemble, chosen = build_ensemble(config, dataset.x, device)
     with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
         result = _fit(config, dataset, ensemble, progress)
     result.summary["threads"] = chosen.threads
     result.summary["vectorised"] = chosen.vectorised
+    result.summary["device"] = str(device)
     return result
 
 
 def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool) -> TrainResult:
     """The training loop proper, measured by a :class:`Recorder`."""
-    x = dataset.x
+    x, device = dataset.x, ensemble.device  # the data stay on the host; each batch goes to the device
     seeds = config.replica_seeds
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    # On the host one generator per replica draws its batches and its noise; elsewhere the noise is drawn
+    # where it is used, by a generator of that device with the same seed.
+    noise = generators if device.type == "cpu" else [torch.Generator(device).manual_seed(seed) for seed in seeds]
     batches = [PermutationBatches(x, config.batch_size, g) for g in generators]
     epochs = batches[0]  # all replicas share the epoch structure; only their permutations differ
     params = ensemble.parameters()
@@ -200,8 +207,9 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
 
     def batch_losses() -> torch.Tensor:
-        xb = as_float(x[torch.stack([b.next_indices() for b in batches])])  # one gather for every replica
-        eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in generators])
+        rows = x[torch.stack([b.next_indices() for b in batches])]  # one gather for every replica
+        xb = as_float(to_device(rows, device))
+        eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in noise])
         return -ensemble.surrogate(xb, eps).mean(-1)
 
     def squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -8,8 +8,11 @@ touches the store, which only the driver writes. A cluster executor (Ray, in
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import multiprocessing as mp
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -65,7 +68,11 @@ class InProcess:
 class ProcessPool:
     """``jobs`` worker processes (spawned, so nothing of the driver's state leaks in); each run gets
     cores / jobs intra-op threads unless its configuration says otherwise. At most ``jobs`` runs are handed
-    out at a time, so the store's ``running`` rows are the runs actually running."""
+    out at a time, so the store's ``running`` rows are the runs actually running.
+
+    Each worker is a pool of its own, so that one dying (killed, out of memory) breaks no other run: its run is
+    recorded failed, saying how the worker died, not retried (``--retry-failed`` runs it again), and a fresh
+    worker takes the next run. Workers end when the driver dies, even by SIGKILL."""
 
     def __init__(self, jobs: int) -> None:
         if jobs < 1:
@@ -74,9 +81,66 @@ class ProcessPool:
         self.threads = max(1, available_cores() // jobs)
 
     def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
-        with futures.ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
-            yield from run_bounded(tasks, started, lambda task: pool.submit(execute, task, self.threads), self.jobs,
-                                   _outcome)
+        idle: list[futures.ProcessPoolExecutor] = []  # workers waiting for a run
+        held: dict[futures.Future[Outcome], futures.ProcessPoolExecutor] = {}  # each run in flight's worker
+        with contextlib.ExitStack() as workers:  # leaving it shuts every worker down
+
+            def submit(task: Task) -> futures.Future[Outcome]:
+                pool = idle.pop() if idle else workers.enter_context(_worker())
+                try:
+                    future = pool.submit(execute, task, self.threads)
+                except futures.process.BrokenProcessPool:  # its worker died between two runs: start another
+                    pool.shutdown()
+                    return submit(task)
+                held[future] = pool
+                return future
+
+            def outcome(future: futures.Future[Outcome], run_id: str) -> Outcome:
+                pool = held.pop(future)
+                if isinstance(future.exception(), futures.process.BrokenProcessPool):
+                    return Outcome(run_id, "failed", 0.0, error=_death(pool))
+                idle.append(pool)
+                return _outcome(future, run_id)
+
+            yield from run_bounded(tasks, started, submit, self.jobs, outcome)
+
+
+# A worker's first code: it ends the worker when its driver dies, even by SIGKILL, which leaves the driver no
+# chance to shut its pool down (the worker would wait for work forever). On Linux the kernel kills it at once
+# (prctl 1, PR_SET_PDEATHSIG); elsewhere a thread checks every second whether it has been orphaned. It is run
+# by exec, not as a function of this package, which the worker would import first (torch: seconds, on a busy
+# machine many, unguarded).
+_END_WITH_DRIVER = """
+import ctypes, os, signal, sys, threading, time
+linux = sys.platform == "linux" and ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0) == 0
+if os.getppid() != driver:  # the driver died before the worker could ask to die with it
+    os._exit(1)
+def watch():
+    while os.getppid() == driver:
+        time.sleep(1)
+    os._exit(1)
+if not linux:
+    threading.Thread(target=watch, daemon=True).start()
+"""
+
+
+def _worker() -> futures.ProcessPoolExecutor:
+    """A pool of one spawned worker process, which ends when this driver does."""
+    return futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=exec,
+                                       initargs=(_END_WITH_DRIVER, {"driver": os.getpid()}))
+
+
+def _death(pool: futures.ProcessPoolExecutor) -> str:
+    """Why a run failed whose worker, the one process of ``pool``, died under it: the worker's pid and how it
+    ended (SIGKILL is also how the out-of-memory killer ends a process)."""
+    (worker,) = pool._processes.values()  # the pool's own record of its worker, which shutdown drops
+    pool.shutdown()  # joins the worker, so its exit status is known
+    code = worker.exitcode
+    if code is not None and code < 0:
+        how = f"killed by signal {-code}, {signal.strsignal(-code)}"
+    else:
+        how = f"exit status {code}"
+    return f"its worker process {worker.pid} died ({how}) while the run was in flight"
 
 
 def run_bounded(tasks: Iterable[Task], started: Callable[[str], None],
@@ -105,11 +169,9 @@ def run_bounded(tasks: Iterable[Task], started: Callable[[str], None],
 
 
 def _outcome(future: futures.Future[Outcome], run_id: str) -> Outcome:
-    """The run's outcome, or a failure saying why its worker returned none (it died, or could not pickle)."""
+    """The run's outcome, or a failure saying why its worker returned none (its outcome would not pickle, say)."""
     try:
         return future.result()
-    except futures.process.BrokenProcessPool:
-        raise  # the pool is gone: stop the sweep; a new invocation resumes it
     except Exception as exc:
         return Outcome(run_id, "failed", 0.0, error=f"worker error: {type(exc).__name__}: {exc}")
 

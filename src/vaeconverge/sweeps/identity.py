@@ -37,7 +37,7 @@ from ..config import RunConfig, SyntheticConfig
 SCHEMA_VERSION = 1
 _VERSION_KEY = "(schema)"  # not an identifier, so never the name of an option
 # Options that change how a run executes or where its files are, not what it computes: left out of its identifier.
-EXECUTION_ONLY = ("threads", "denormals", "data_dir")
+EXECUTION_ONLY = ("threads", "denormals", "data_dir", "device")
 
 # The keys of each configuration class's ``to_dict()`` in schema 1 (BBVIConfig's includes its ``kind``). Frozen:
 # never edit these lists, not even to add an option (a new option belongs in its dataclass only). Execution-only

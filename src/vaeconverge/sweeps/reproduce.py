@@ -19,22 +19,25 @@ QUICK = {"steps": 1500, "seeds": [0, 1, 2, 3]}
 STORE_NAME = "results.db"
 
 
-def paper_studies(quick: bool = False, data: str | None = None) -> list[SweepSpec]:
-    """The six studies, in file-name order, with the ``quick`` and ``data`` overrides applied to their base."""
+def paper_studies(quick: bool = False, data: str | None = None, device: str | None = None) -> list[SweepSpec]:
+    """The six studies, in file-name order, with the ``quick``, ``data`` and ``device`` overrides applied to
+    their base (the device changes where runs execute, not their identity in the store)."""
     folder = resources.files("vaeconverge") / "experiments"
     specs = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
             spec = parse_spec(entry.read_text(), f"experiments/{entry.name}")
             spec = spec.quickened(QUICK) if quick else spec
-            specs.append(dataclasses.replace(spec, base={**spec.base, **({"data": data} if data else {})}))
+            overrides = {key: value for key, value in (("data", data), ("device", device)) if value}
+            specs.append(dataclasses.replace(spec, base={**spec.base, **overrides}))
     return specs
 
 
-def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool) -> Store:
+def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool, device: str | None = None
+              ) -> Store:
     """Run every study into ``out/results.db`` (resuming what it holds) and return the open store (closed again
     if the sweeps stop on an error or an interrupt)."""
-    studies = paper_studies(quick, data)
+    studies = paper_studies(quick, data, device)
     check_data(studies)
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out / STORE_NAME)

@@ -1,0 +1,85 @@
+"""``--device``: runs train where they are asked to, the data staying on the host, a checkpoint loads onto any
+device, and a GPU that is not there is one line. The CUDA tests run only where torch sees a GPU."""
+
+import json
+
+import pytest
+import torch
+
+from vaeconverge import runtime
+from vaeconverge.cli import main
+from vaeconverge.config import ConfigError, RunConfig
+from vaeconverge.data import load_dataset
+from vaeconverge.engine import load_model, train
+from vaeconverge.sweeps.identity import run_id
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+TINY = {"hidden": 16, "depth": 1, "steps": 30, "eval_points": 3, "seeds": (0, 1)}
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", "--device", "cuda", "--steps", "4", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaeconverge train: error: --device: cuda: this machine has no CUDA device")
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+def test_devices_resolve_as_documented():
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    assert runtime.resolve_device("auto").type == ("cuda" if CUDA else "cpu")
+    with pytest.raises(ConfigError, match="--device: unknown value 'tpu'"):
+        runtime.resolve_device("tpu")
+    with pytest.raises(ConfigError, match="--device"):
+        RunConfig(device="gpu").validate()
+
+
+def test_to_device_leaves_a_tensor_already_there_alone():
+    x = torch.arange(6).view(2, 3)
+    assert runtime.to_device(x, torch.device("cpu")) is x
+
+
+def test_the_device_does_not_change_a_runs_identity():
+    """Where a run executes is not what it computes: a store resumed on a GPU keeps its finished runs."""
+    ids = {run_id(RunConfig(device=device)) for device in runtime.DEVICES}
+    assert len(ids) == 1
+
+
+@pytest.mark.skipif(CUDA, reason="auto is the GPU here")
+def test_explicit_cpu_is_the_default_here_number_for_number(tmp_path):
+    auto = RunConfig(**TINY)
+    explicit = RunConfig(**TINY, device="cpu")
+    a = train(auto, load_dataset(auto, progress=False), progress=False)
+    b = train(explicit, load_dataset(explicit, progress=False), progress=False)
+    assert a.summary["device"] == b.summary["device"] == "cpu"
+    def numbers(result):  # every measured value (repr, so that NaN equals NaN), not the timings
+        return [repr({k: v for k, v in row.items() if k != "seconds"}) for row in result.metrics]
+
+    assert numbers(a) == numbers(b)
+
+
+def test_cli_writes_the_device_and_a_checkpoint_that_loads_anywhere(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--hidden", "16", "--depth", "1", "--steps", "12", "--quiet",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["device"] == "cpu"
+    for device in ("cpu", "auto"):
+        model, config = load_model(out / "checkpoint.pt", device=device)
+        assert {p.device.type for p in model.parameters()} == {runtime.resolve_device(device).type}
+        assert config.device == "cpu"
+
+
+@needs_cuda
+def test_on_cuda_replica_t_agrees_with_the_single_run_and_loads_on_the_host(tmp_path):
+    config = RunConfig(**TINY, device="cuda")
+    data = load_dataset(config, progress=False)
+    both = train(config, data, progress=False)
+    single = train(RunConfig(**{**TINY, "seeds": (1,)}, device="cuda"), data, progress=False)
+    assert both.summary["device"].startswith("cuda")
+    assert {p.device.type for p in both.ensemble.parameters()} == {"cuda"}
+    for a, b in zip([r for r in both.metrics if r["seed"] == 1], single.metrics, strict=True):
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-4)
+    both.save_checkpoint(tmp_path / "checkpoint.pt")
+    model, _ = load_model(tmp_path / "checkpoint.pt", seed=1, device="cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
