@@ -1,0 +1,97 @@
+"""Benchmark 6: does the default thread choice hold on an idle machine and on a busy one?
+
+Each workload is `vaeconverge train` as a user runs it, timed as a whole command (start-up included), with the
+default threads, with `--threads 1` and with `--threads <cores>`, and with OpenMP told to sleep rather than spin
+while it waits (OMP_WAIT_POLICY=PASSIVE, default threads); first on the idle machine, then beside one process
+that keeps a core busy (`while True: pass`). A variant's time is the fastest of `--repeats` rounds, the
+variants of a round run one after another. The ratio printed is the best variant's time over the default's
+(1.00: the default is the best choice; the issue's target is >= 0.90 in every condition).
+
+Run: ``.venv/bin/python benchmarks/thread_policy.py [--quick] [--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+CORES = len(os.sched_getaffinity(0))
+WORKLOADS = {  # name: train's options (checkpoints at the first and last step only, no constants probes)
+    "digits MLP, 1 seed": ["--steps", "1500"],
+    "digits MLP, 8 seeds": ["--steps", "600", "--seeds", "8"],
+    "784-512-16 MLP, 1 seed": ["--data", "synthetic-linear", "--likelihood", "gaussian", "--n-samples", "4096",
+                               "--data-dim", "784", "--hidden", "512", "--latent-dim", "16", "--depth", "1",
+                               "--batch-size", "256", "--steps", "150"],
+}
+VARIANTS = {
+    "default": ([], {}),
+    "--threads 1": (["--threads", "1"], {}),
+    f"--threads {CORES}": (["--threads", str(CORES)], {}),
+    "default, OMP passive": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
+}
+
+
+@contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """``count`` processes that each keep a core busy for the duration of the block."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def timed_train(options: list[str], env: dict[str, str], out: Path, quick: bool) -> float:
+    """Seconds that one `vaeconverge train` command takes, start to end."""
+    steps = options.index("--steps") + 1
+    options = [*options[:steps], str(max(20, int(options[steps]) // 10)) if quick else options[steps],
+               *options[steps + 1:]]
+    command = [sys.executable, "-m", "vaeconverge", "train", *options, "--eval-points", "2", "--no-constants",
+               "--quiet", "--overwrite", "--out", str(out)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the steps: checks that it runs")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over the variants (each keeps its fastest)")
+    parser.add_argument("--busy", type=int, nargs="*", default=[0, 1], help="busy processes beside each condition")
+    args = parser.parse_args()
+    print(f"{CORES} cores; torch threads as vaeconverge chooses them unless the variant says; "
+          f"{args.repeats} rounds, fastest kept")
+    rows = []
+    with TemporaryDirectory() as tmp:
+        for busy in args.busy:
+            with busy_cores(busy):
+                for workload, options in WORKLOADS.items():
+                    best: dict[str, float] = {}
+                    for _ in range(args.repeats):
+                        for variant, (extra, env) in VARIANTS.items():
+                            seconds = timed_train([*options, *extra], env, Path(tmp) / "run", args.quick)
+                            best[variant] = min(best.get(variant, float("inf")), seconds)
+                    fastest = min(best, key=best.get)
+                    rows.append((busy, workload, best, best[fastest] / best["default"], fastest))
+                    print(f"busy {busy}, {workload}: " + ", ".join(f"{v} {s:.1f} s" for v, s in best.items())
+                          + f"; best/default {rows[-1][3]:.2f} ({fastest})", flush=True)
+    print()
+    print("| busy processes | workload | default | --threads 1 | --threads N | OMP passive | best / default |")
+    print("|---|---|---|---|---|---|---|")
+    for busy, workload, best, ratio, fastest in rows:
+        times = " | ".join(f"{seconds:.1f} s" for seconds in best.values())
+        print(f"| {busy} | {workload} | {times} | **{ratio:.2f}** ({fastest}) |")
+
+
+if __name__ == "__main__":
+    main()
