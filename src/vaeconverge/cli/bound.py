@@ -28,11 +28,6 @@ from ..theory.assessment import (
 from ..theory.bounds import sgd_constant_bound, sgd_constant_step
 from ..theory.run import AssessedRun
 
-# The entries of a summary's constants block that are non-negative numbers (L: positive, the bounds divide by
-# it), and those that count something (positive integers).
-_CONSTANT_NUMBERS = ("L", "sigma2_x", "sigma2_eps", "R", "a", "delta")
-_CONSTANT_COUNTS = ("d", "batch_size", "samples")
-
 
 def _read(option: str, run_dir: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """:func:`read_run`, a folder it cannot read being an error of ``option``."""
@@ -55,19 +50,11 @@ def _measured(option: str, run_dir: Path, metrics: list[dict[str, float]]) -> No
 def _constants(option: str, run_dir: Path, summary: dict[str, Any]) -> Constants:
     if summary.get("constants") is None:
         raise ConfigError(option, f"{run_dir}: the run has no estimated constants (trained with --no-constants)")
-    where = Path(run_dir) / "summary.json"
     try:
-        constants = Constants.from_dict(summary["constants"])
+        return Constants.from_dict(summary["constants"])
     except ValueError as exc:
-        raise ConfigError(option, f"{where}: {exc} (written by another version? train it again)") from exc
-    for name in (*_CONSTANT_NUMBERS, *_CONSTANT_COUNTS):
-        value = getattr(constants, name)
-        count = name in _CONSTANT_COUNTS
-        number = not isinstance(value, bool) and isinstance(value, int if count else int | float)
-        if not number or value < 0 or (value == 0 and (count or name == "L")):
-            wanted = "a positive integer" if count else "a positive number" if name == "L" else "a number >= 0"
-            raise ConfigError(option, f"{where}: the constant {name} must be {wanted} (got {value!r})")
-    return constants
+        raise ConfigError(option, f"{Path(run_dir) / 'summary.json'}: {exc} (written by another version, or "
+                                  "damaged)") from exc
 
 
 def _config(option: str, run_dir: Path, summary: dict[str, Any]) -> Config:

@@ -55,6 +55,11 @@ REFERENCES = {
 ADAM_LIKE = ("adam", "adam-defossez", "amsgrad")
 
 
+# The constants that are non-negative numbers (L positive: the bounds divide by it), and those that count.
+_CONSTANT_NUMBERS = ("L", "sigma2_x", "sigma2_eps", "R", "a", "delta")
+_CONSTANT_COUNTS = ("d", "batch_size", "samples")
+
+
 @dataclass(frozen=True)
 class Constants:
     """The constants the bounds need, measured on the run (see ``diagnostics/constants.py``), and where each of
@@ -87,12 +92,19 @@ class Constants:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Constants:
-        """Inverse of :meth:`to_dict`; a missing entry is a ValueError naming it. A summary written before
-        provenances were recorded reads as all estimates."""
+        """Inverse of :meth:`to_dict`; a missing entry, or one that is not the number it must be (L positive,
+        the other constants >= 0, the counts positive integers), is a ValueError naming it. A summary written
+        before provenances were recorded reads as all estimates."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"provenance"}
         missing = sorted(fields - set(values))
         if missing:
             raise ValueError(f"the constants block lacks {', '.join(missing)}")
+        for name in (*_CONSTANT_NUMBERS, *_CONSTANT_COUNTS):
+            value, count = values[name], name in _CONSTANT_COUNTS
+            number = not isinstance(value, bool) and isinstance(value, int if count else int | float)
+            if not number or value < 0 or (value == 0 and (count or name == "L")):
+                wanted = "a positive integer" if count else "a positive number" if name == "L" else "a number >= 0"
+                raise ValueError(f"the constant {name} must be {wanted} (got {value!r})")
         return cls(**{k: values[k] for k in fields}, provenance=dict(values.get("provenance") or ESTIMATED))
 
 
