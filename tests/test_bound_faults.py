@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vaeconverge.cli.main import main
+from vaeconverge.engine.recorder import METRIC_COLUMNS
 
 TRAIN = ["train", "--data", "digits", "--model", "mlp", "--hidden", "8", "--depth", "1", "--latent-dim", "2",
          "--steps", "30", "--eval-every", "10", "--eval-samples", "1", "--quiet"]
@@ -143,7 +144,8 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "metrics-header-only": (_edit_metrics(lambda rows: rows.__delitem__(slice(1, None))), "holds no checkpoint"),
     "metrics-no-grad-column": (_edit_metrics(_drop_column("grad_sq_norm")), "lacks the column grad_sq_norm"),
     "metrics-no-seed-column": (_edit_metrics(_drop_column("seed")), "lacks the column seed"),
-    "metrics-short-row": (_edit_metrics(lambda rows: rows[3].pop()), "line 4: 16 fields where the header has 17"),
+    "metrics-short-row": (_edit_metrics(lambda rows: rows[3].pop()),
+                          f"line 4: {len(METRIC_COLUMNS) - 1} fields where the header has {len(METRIC_COLUMNS)}"),
     "metrics-repeated-row": (_edit_metrics(lambda rows: rows.append(rows[2])), "a second row for seed 0 at step 10"),
     "metrics-binary": (_write("metrics.csv", b"seed,step\n\xff\xfe\n"), "metrics.csv is not text"),
     # the folder

@@ -321,3 +321,12 @@ def test_tensorboard_without_the_package_is_refused_before_training(tmp_path, ca
     assert main(["train", "--steps", "5", "--quiet", "--out", str(out), "--tensorboard", str(tmp_path / "tb")]) == 2
     assert "--tensorboard: needs the tensorboard package" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_version_names_the_package_and_torch(capsys):
+    from importlib.metadata import version
+
+    import vaeconverge
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"vaeconverge {vaeconverge.__version__} (torch {version('torch')})"

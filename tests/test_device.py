@@ -83,3 +83,39 @@ def test_on_cuda_replica_t_agrees_with_the_single_run_and_loads_on_the_host(tmp_
     both.save_checkpoint(tmp_path / "checkpoint.pt")
     model, _ = load_model(tmp_path / "checkpoint.pt", seed=1, device="cpu")
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+# ------------------------------------------------------------------------------------------------------------ BBVI
+
+BBVI_TINY = {"steps": 20, "eval_points": 3, "eval_samples": 8, "seeds": (0, 1), "constants": False}
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+def test_bbvi_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["bbvi", "--device", "cuda", "--steps", "4", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaeconverge bbvi: error: --device: cuda: this machine has no CUDA device")
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("batch_size", [None, 10], ids=["full", "minibatch"])
+def test_bbvi_on_an_explicit_device_keeps_every_tensor_there(batch_size):
+    from vaeconverge.bbvi.config import BBVIConfig
+    from vaeconverge.bbvi.train import train as train_bbvi
+
+    config = BBVIConfig(**BBVI_TINY, batch_size=batch_size, device="cpu")
+    result = train_bbvi(config, progress=False)
+    assert result.summary["device"] == "cpu"
+    assert {p.device.type for p in result.family.parameters()} == {"cpu"}
+    if not CUDA:  # auto is the host here: the same numbers
+        auto = train_bbvi(BBVIConfig(**BBVI_TINY, batch_size=batch_size), progress=False)
+        assert [repr({k: v for k, v in row.items() if k != "seconds"}) for row in auto.metrics] == \
+               [repr({k: v for k, v in row.items() if k != "seconds"}) for row in result.metrics]
+
+
+@needs_cuda
+def test_bbvi_on_cuda_moves_the_target_and_family_and_writes_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert main(["bbvi", "--device", "cuda", "--steps", "20", "--batch-size", "10", "--no-constants", "--quiet",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["device"].startswith("cuda")

@@ -12,11 +12,13 @@ import pytest
 
 from vaeconverge.report.figures import (
     GENERIC_OBJECTIVE,
+    convergence_figure,
     gradient_panel,
     objective_label,
     plot_convergence,
     plot_run,
     quantile_errors,
+    run_figure,
     significant,
     split_labels,
     vacuous,
@@ -159,11 +161,11 @@ def test_the_log_panel_marks_checkpoints_bands_at_quantiles_and_never_bridges_a_
     plt.close(fig)
 
 
-def test_convergence_panels_share_a_symlog_axis_and_name_the_objective(tmp_path, figures):
+def test_convergence_panels_share_a_symlog_axis_and_name_the_objective(tmp_path):
     path = tmp_path / "convergence.png"
     plot_run(rows(bound=1e8), summary([0.1, 0.2], objective="iwae", samples=5), path)
     assert path.read_bytes().startswith(PNG)
-    ax_grad, ax_obj = figures[-1].axes
+    ax_grad, ax_obj = run_figure(rows(bound=1e8), summary([0.1, 0.2], objective="iwae", samples=5)).axes
     assert ax_grad.get_xscale() == ax_obj.get_xscale() == "symlog"
     assert ax_grad.get_xlim() == ax_obj.get_xlim()
     assert ax_obj.get_ylabel() == "negative IWAE bound per example (K=5)"
@@ -173,10 +175,9 @@ def test_convergence_panels_share_a_symlog_axis_and_name_the_objective(tmp_path,
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "twice.png").read_bytes()  # no version stamp
 
 
-def test_a_panel_with_nothing_to_draw_is_a_sentence_not_an_empty_frame(tmp_path, figures):
+def test_a_panel_with_nothing_to_draw_is_a_sentence_not_an_empty_frame(tmp_path):
     negative = rows(grad=lambda step, seed: -1e-3 * (seed + 1))
-    plot_convergence(negative, tmp_path / "negative.png")  # only the biased reading and its kin can be drawn
-    ax_grad = figures[-1].axes[0]
+    ax_grad = convergence_figure(negative).axes[0]  # only the biased reading and its kin can be drawn
     assert "full-objective gradient (mean of 3 seeds)" not in legend_texts(ax_grad)
     marks = [line for line in ax_grad.get_lines() if line.get_label() == "estimate ≤ 0 (lost in Monte Carlo noise)"]
     assert list(marks[0].get_xdata()) == STEPS
@@ -184,11 +185,10 @@ def test_a_panel_with_nothing_to_draw_is_a_sentence_not_an_empty_frame(tmp_path,
         row.update(grad_sq_norm_biased=math.nan, batch_grad_sq_norm=math.nan, random_iterate=math.nan)
     plot_convergence(negative, tmp_path / "negative.png")
     assert (tmp_path / "negative.png").read_bytes().startswith(PNG)
-    ax_grad, ax_obj = figures[-1].axes
+    ax_grad, ax_obj = convergence_figure(negative).axes
     assert not ax_grad.axison and ax_grad.get_legend() is None and "≤ 0" in ax_grad.texts[0].get_text()
     assert ax_obj.axison
-    plot_convergence([], tmp_path / "empty.png")
-    assert not any(ax.axison for ax in figures[-1].axes)
+    assert not any(ax.axison for ax in convergence_figure([]).axes)
 
 
 def test_curves_name_runs_by_what_varies_and_keep_the_range_of_the_data(tmp_path, figures):

@@ -106,7 +106,7 @@ def test_the_estimate_is_made_on_the_meta_device_and_matches_the_real_step():
     assert cost(32, "meta").forward_bytes == pytest.approx(2 * meta.forward_bytes, rel=0.05)
     huge = cost(10**9, "meta", samples=10**6)
     state, activations = huge.run_bytes(replicas=1, examples=100)
-    assert activations > 1e18 and state == 6 * 4 * huge.parameters
+    assert activations > 1e18 and state == (6 + 4 * huge.probe_examples()) * 4 * huge.parameters
 
 
 def test_an_array_file_larger_than_memory_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):

@@ -91,7 +91,7 @@ ONE_PLACE = {
     "noise_from_gradients": ("vaeconverge.diagnostics.constants", "vaeconverge.engine.recorder"),
     "GradientNormTracker": ("vaeconverge.engine.recorder",),
     "assess_run": ("vaeconverge.theory.assessment", "vaeconverge.engine.recorder", "vaeconverge.cli.bound"),
-    "save": ("vaeconverge.engine.checkpoint",),  # torch.save: one checkpoint writer
+    "torch.save": ("vaeconverge.engine.checkpoint",),  # one checkpoint writer
 }
 
 
@@ -101,6 +101,8 @@ def called_names(path: Path) -> set[str]:
         if isinstance(node, ast.Call):
             func = node.func
             names.add(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                names.add(f"{func.value.id}.{func.attr}")  # module.function, as torch.save
     return names
 
 

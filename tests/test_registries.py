@@ -178,8 +178,8 @@ def test_objective_entries_are_checked():
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_built_in_objective_is_built_from_values(name):
     spec = objective_spec(name)
-    objective = make_objective(name, samples=3, beta=0.5)
-    assert objective.samples == 3 and spec.family == name
+    objective = make_objective(name, samples=3, beta=0.5, alpha=0.5 if "alpha" in spec.takes else None)
+    assert objective.samples == 3 and spec.family == {"vr-iwae": "iwae"}.get(name, name)
     assert getattr(objective, "beta", None) == (0.5 if spec.uses_beta else None)
 
 

@@ -1,6 +1,8 @@
 """vaeconverge: train Variational Autoencoders and see the convergence the theory guarantees."""
 
+from .api import Run, fit, load_run
 from .config import ConfigError, RunConfig, SyntheticConfig
+from .engine.checkpoint import load_model
 from .models import VAE, LinearVAE, build_vae, ppca_optimum
 from .monitor import ConvergenceMonitor
 from .objectives import ELBO, IWAE, build_objective
@@ -15,10 +17,14 @@ __all__ = [
     "ConfigError",
     "ConvergenceMonitor",
     "LinearVAE",
+    "Run",
     "RunConfig",
     "SyntheticConfig",
     "build_objective",
     "build_vae",
+    "fit",
     "flush_denormals",
+    "load_model",
+    "load_run",
     "ppca_optimum",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .nn import ACTIVATIONS, MODELS, model_spec
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, objective_options
 from .optim import OPTIMIZERS, bound_family, optimizer_spec, uncovered_reason
 from .runtime import DEVICES
 from .theory.run import AssessedRun
@@ -19,6 +19,7 @@ from .validation import (
     check_optimizer_options,
     check_positive,
     check_seed,
+    check_snr_draws,
     check_threads,
 )
 
@@ -62,6 +63,8 @@ class RunConfig:
     objective: str = "elbo"
     samples: int = 1
     beta: float = 1.0
+    alpha: float | None = None  # vr-iwae's Renyi order in [0, 1), which it needs; no other objective takes one
+    estimator: str = "standard"  # iwae's gradient: one of objectives.ESTIMATORS ("dreg": doubly reparameterised)
     # optimisation
     batch_size: int = 64
     optimizer: str = "adam-defossez"  # Adam as Defossez et al. analyse it, so that the default run has a bound
@@ -82,6 +85,8 @@ class RunConfig:
     eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.recorder)
     eval_samples: int = 1
     constants: bool = True  # estimate L, sigma^2, R at the start, middle and end of the run
+    snr: bool = False  # measure the encoder's and decoder's gradient SNR at every checkpoint (engine.recorder)
+    snr_draws: int = 32  # minibatch gradient draws per SNR reading
 
     @property
     def replica_seeds(self) -> tuple[int, ...]:
@@ -99,6 +104,7 @@ class RunConfig:
         check_choice("--activation", self.activation, ACTIVATIONS)
         check_choice("--likelihood", self.likelihood, LIKELIHOODS)
         check_choice("--objective", self.objective, OBJECTIVES)
+        objective_options(self.objective, self.alpha, self.estimator)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--schedule", self.schedule, SCHEDULES)
         check_choice("--denormals", self.denormals, DENORMALS)
@@ -136,6 +142,7 @@ class RunConfig:
         if self.clip_grad_norm is not None:
             check_positive("--clip-grad-norm", self.clip_grad_norm)
         check_threads(self.threads)
+        check_snr_draws("--snr-draws", self.snr_draws)
         check_seed("--data-seed", self.synthetic.seed)
         check_seeds(self.replica_seeds, self.optimizer, "--seeds" if self.seeds else "--seed")
         return self

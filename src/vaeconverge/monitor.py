@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,14 @@ from torch.utils.hooks import RemovableHandle
 from .config import ConfigError
 from .diagnostics import unbiased_squared_norm
 from .diagnostics.grad_norms import EVAL_GROUPS, add_to_group, evaluation_chunks
-from .engine.recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
+from .engine.recorder import SNR_GROUPS, ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from .nn.activations import non_smooth_activation
 from .optim import DEFAULT_EPS, bound_family, uncovered_reason
 from .optim import recognise_optimizer as optimizer_name
 from .report.run_folder import write_measurements
 from .runtime import to_device
 from .theory.run import AssessedRun
+from .validation import check_snr_draws
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -80,6 +81,7 @@ class _UserLoop(Subject):
         self._names = [f"model.{name}" for name, p in model.named_parameters() if p.requires_grad]
         self.n_examples = self.dim = 0
         self.floor: ObjectiveFloor | None = None
+        self.snr_groups: dict[str, list[int]] = {}  # group -> positions in ``params`` (ConvergenceMonitor's snr_groups)
 
     def objective_floor(self) -> ObjectiveFloor | None:
         return self.floor
@@ -164,6 +166,28 @@ class _UserLoop(Subject):
 
     def weights(self, t: int) -> list[Tensor]:
         return self.params
+
+    def snr_gradients(self, t: int, generator: torch.Generator, seed: int, draws: int) -> dict[str, Tensor]:
+        """Gradients of the mean loss of ``draws`` minibatches (:meth:`_minibatches`), isolated under ``seed`` as
+        the checkpoints are (the loss's own noise from torch's RNG seeded so), per group of ``snr_groups``."""
+        rows: dict[str, list[Tensor]] = {group: [] for group in self.snr_groups}
+        with self._isolated(seed):
+            for _, batch in zip(range(draws), self._minibatches(generator), strict=False):
+                grads = torch.autograd.grad(self._losses(batch).mean(), self.params, allow_unused=True,
+                                            materialize_grads=True)
+                for group, members in self.snr_groups.items():
+                    rows[group].append(torch.cat([grads[i].reshape(-1) for i in members]))
+        return {group: torch.stack(own) for group, own in rows.items()}
+
+    def _minibatches(self, generator: torch.Generator) -> Iterator[Any]:
+        """Training-sized minibatches without end: B random rows of a tensor at a time (from ``generator``), or a
+        DataLoader's batches, pass after pass, in its own order."""
+        while True:
+            if isinstance(self.data, Tensor):
+                index = torch.randperm(len(self.data), generator=generator)[:self.batch_size]
+                yield self.data[index.to(self.data.device)]
+            else:
+                yield from self.data
 
     def _snapshot(self) -> dict[str, Tensor]:
         return {name: p.detach() for name, p in zip(self._names, self.params, strict=True)}
@@ -255,6 +279,9 @@ class ConvergenceMonitor:
     delta provable (without it delta is measured against the lowest objective seen, an estimate). Give
     ``optimizer`` to hook
     its steps; otherwise call :meth:`step` right after every ``optimizer.step()`` (before the scheduler's).
+    ``snr_groups`` names parameter groups, ``{"encoder": model.encoder.parameters(), "decoder": ...}`` (either or
+    both keys), whose gradient signal-to-noise ratio is recorded at every checkpoint from ``snr_draws`` minibatch
+    gradients (the ``snr_*`` columns; those of a group not given stay NaN).
     The step-0 checkpoint is evaluated here, so build the monitor before the first step.
     """
 
@@ -275,6 +302,8 @@ class ConvergenceMonitor:
         objective_floor: float | None = None,
         seed: int = 0,
         chunk_size: int = 2048,
+        snr_groups: Mapping[str, Iterable[Tensor]] | None = None,
+        snr_draws: int = 32,
     ) -> None:
         for option, value in (("steps", steps), ("samples", samples), ("eval_samples", eval_samples),
                               ("chunk_size", chunk_size), ("eval_points", eval_points), ("eval_every", eval_every),
@@ -294,6 +323,7 @@ class ConvergenceMonitor:
             raise ConfigError("objective_floor", f"must be a finite number (got {objective_floor!r})")
         if batch_size is None:
             raise ConfigError("batch_size", "give the training batch size (a DataLoader would tell it)")
+        check_snr_draws("snr_draws", snr_draws)
         self._start = time.perf_counter()
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.steps, self.batch_size, self.samples = steps, batch_size, samples
@@ -303,6 +333,7 @@ class ConvergenceMonitor:
             self._subject.floor = ObjectiveFloor(float(objective_floor), f"objective_floor={objective_floor:g}, "
                                                  "given to the monitor")
         self.params = self._subject.params
+        self._subject.snr_groups = _snr_positions(snr_groups or {}, self.params)
         self.iteration = 0
         self._lrs: list[float] = []
         self._optimizer: torch.optim.Optimizer | None = None
@@ -315,7 +346,8 @@ class ConvergenceMonitor:
         self.batches_per_epoch = max(self.n_examples // batch_size, 1)  # as train's epochs: floor(N / B) steps
         self._recorder = Recorder(self._subject, steps, self.n_examples, eval_every=eval_every,
                                   eval_points=eval_points, eval_samples=eval_samples, constants=constants,
-                                  strict=False, device=self.params[0].device)
+                                  strict=False, device=self.params[0].device,
+                                  snr_draws=snr_draws if snr_groups else None)
         self._recorder.start = self._start
         self._recorder.diagnostics_seconds["checkpoints"] += measuring
         self.checkpoints = self._recorder.checkpoints
@@ -428,6 +460,32 @@ class ConvergenceMonitor:
                 "samples": self.samples, "optimizer": run.optimizer, "lr": run.lr, "momentum": run.momentum,
                 "adam_betas": list(run.betas), "batch_size": self.batch_size, "steps": self.steps,
                 "eval_samples": self.eval_samples, "checkpoints": len(self.checkpoints), "seed": self.seed}
+
+
+def _snr_positions(groups: Mapping[str, Iterable[Tensor]], params: list[Tensor]) -> dict[str, list[int]]:
+    """The positions in ``params`` (the model's trainable parameters) of each group's tensors, checked: the groups
+    are among :data:`~vaeconverge.engine.recorder.SNR_GROUPS`, not empty, disjoint, and hold trainable parameters."""
+    if not isinstance(groups, Mapping):
+        raise ConfigError("snr_groups", f"must map group names to parameters (got {type(groups).__name__})")
+    position = {id(p): i for i, p in enumerate(params)}
+    out: dict[str, list[int]] = {}
+    taken: set[int] = set()
+    for name, members in groups.items():
+        if name not in SNR_GROUPS:
+            raise ConfigError("snr_groups", f"groups are {' and '.join(map(repr, SNR_GROUPS))} (got {name!r})")
+        if isinstance(members, Tensor) or not isinstance(members, Iterable):
+            raise ConfigError("snr_groups", f"{name!r} must be an iterable of parameters, such as "
+                                            f"model.{name}.parameters()")
+        indices = list(dict.fromkeys(position.get(id(p), -1) for p in members))
+        if not indices:
+            raise ConfigError("snr_groups", f"{name!r} holds no parameters")
+        if -1 in indices:
+            raise ConfigError("snr_groups", f"{name!r} holds a tensor that is not a trainable parameter of the model")
+        if taken & set(indices):
+            raise ConfigError("snr_groups", f"{name!r} shares parameters with another group")
+        taken |= set(indices)
+        out[name] = indices
+    return out
 
 
 def _first_tensor(batch: Any) -> Tensor:

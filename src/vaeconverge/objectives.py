@@ -1,4 +1,5 @@
-"""What is optimised: per-example ELBO (K samples, KL weight beta) and the IWAE bound (K samples).
+"""What is optimised: per-example ELBO (K samples, KL weight beta), the IWAE bound (K samples; its gradient standard or
+doubly reparameterised) and the VR-IWAE bound (K samples, Renyi order alpha).
 
 An objective is a pure function of (model, batch, noise): the noise eps ~ N(0, I) of shape (K, B, latent)
 is drawn by the caller, so the same objective serves training, diagnostics and replicated runs. The sample
@@ -11,17 +12,19 @@ negated mean is the training loss; the surrogate is the value unless an objectiv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .models.vae import VAE, standard_normal_log_prob
+from .models.vae import VAE, DiagonalGaussian, SharedCholeskyGaussian, standard_normal_log_prob
 from .registry import Registry
+from .validation import ConfigError, check_choice, check_fraction
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -32,6 +35,13 @@ FAMILIES = ("elbo", "iwae")
 
 # The faces of an objective an :class:`ObjectiveModule` can evaluate.
 FACES = ("value", "surrogate")
+
+# How IWAE's gradient is estimated: the reparameterised gradient of the bound, or the doubly-reparameterised one.
+ESTIMATORS = ("standard", "dreg")
+
+# The options beyond K and beta that only some objectives take (see ``ObjectiveSpec.takes``): each one's flag and
+# the value that leaves it unset. None means that an objective taking the option needs it given.
+OPTIONS: dict[str, tuple[str, Any]] = {"alpha": ("--alpha", None), "estimator": ("--estimator", "standard")}
 
 
 class Objective(ABC):
@@ -75,17 +85,71 @@ class ELBO(Objective):
         return model.log_likelihood(x, q.rsample(eps)).mean(-2) - self.beta * q.kl_to_prior()
 
 
+def _log_weights(model: VAE, x: torch.Tensor, eps: torch.Tensor
+                 ) -> tuple[DiagonalGaussian | SharedCholeskyGaussian, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The posterior q, its samples z = rsample(eps), log p(x, z) and the log importance weights
+    log w = log p(x, z) - log q(z | x), the last two of shape (K, B)."""
+    q = model.encode(x)
+    z = q.rsample(eps)
+    log_joint = model.log_likelihood(x, z) + standard_normal_log_prob(z)
+    return q, z, log_joint, log_joint - q.log_prob_of_sample(eps)
+
+
+def _detached(q: DiagonalGaussian | SharedCholeskyGaussian) -> DiagonalGaussian | SharedCholeskyGaussian:
+    """The same posterior with its parameters cut from the graph, so that its density passes gradient only
+    through the point it is evaluated at."""
+    return dataclasses.replace(q, **{f.name: getattr(q, f.name).detach() for f in dataclasses.fields(q)})
+
+
 @dataclass(frozen=True)
 class IWAE(Objective):
-    """log (1/K) sum_k p(x, z_k) / q(z_k | x): the importance-weighted bound itself, via logsumexp."""
+    """log (1/K) sum_k p(x, z_k) / q(z_k | x): the importance-weighted bound itself, via logsumexp. Its
+    ``estimator`` (one of :data:`ESTIMATORS`) says which gradient training follows: the bound's own ("standard"),
+    or the doubly-reparameterised one ("dreg", Tucker et al. 2019), whose encoder SNR does not vanish as K grows."""
 
     samples: int = 1
+    estimator: str = "standard"
+
+    def __post_init__(self) -> None:
+        check_choice("--estimator", self.estimator, ESTIMATORS)
 
     def value(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        q = model.encode(x)
-        z = q.rsample(eps)
-        log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - q.log_prob_of_sample(eps)
+        *_, log_w = _log_weights(model, x, eps)
         return torch.logsumexp(log_w, dim=-2) - math.log(eps.shape[-3])
+
+    def surrogate(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The bound's value; with "dreg", its gradient is DReG's: sum_k w~_k grad log p(x, z_k) for the decoder
+        and sum_k w~_k^2 (d log w_k / dz) (dz / dphi) for the encoder, w~ the normalised weights held fixed."""
+        if self.estimator == "standard":
+            return self.value(model, x, eps)
+        q, z, log_joint, log_w = _log_weights(model, x, eps)
+        weights = torch.softmax(log_w, dim=-2).detach()
+        squared = weights.square()
+        # log w_k with the encoder's parameters reaching it only through z_k: the score of q is left out.
+        pathwise = log_joint - _detached(q).log_prob(z)
+        # log p(x | z_k) at z_k held fixed tops the decoder's weights up from w~_k^2 to w~_k.
+        decoder_only = model.log_likelihood(x, z.detach())
+        gradient = (squared * pathwise + (weights - squared) * decoder_only).sum(-2)
+        bound = torch.logsumexp(log_w, dim=-2) - math.log(eps.shape[-3])
+        return bound.detach() + (gradient - gradient.detach())
+
+
+@dataclass(frozen=True, kw_only=True)
+class VRIWAE(Objective):
+    """(1 / (1 - alpha)) log (1/K) sum_k w_k^(1 - alpha), w_k = p(x, z_k) / q(z_k | x): the VR-IWAE bound (Daudel,
+    Benton, Shi, Doucet 2023), via logsumexp. alpha in [0, 1); alpha = 0 is IWAE, and the bound falls as alpha
+    grows (towards the ELBO as alpha -> 1), trading IWAE's tightness for a better encoder gradient SNR."""
+
+    samples: int = 1
+    alpha: float
+
+    def __post_init__(self) -> None:
+        check_fraction("--alpha", self.alpha)
+
+    def value(self, model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        *_, log_w = _log_weights(model, x, eps)
+        power = 1.0 - self.alpha
+        return (torch.logsumexp(power * log_w, dim=-2) - math.log(eps.shape[-3])) / power
 
 
 class ObjectiveModule(nn.Module):
@@ -109,18 +173,23 @@ class ObjectiveModule(nn.Module):
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """One ``--objective`` choice: its builder from (K samples, KL weight beta), the paper's rate-shape family it
-    belongs to (one of :data:`FAMILIES`), and whether beta changes it."""
+    """One ``--objective`` choice: its builder, called with (K samples, KL weight beta) and, as keywords, the
+    options of :data:`OPTIONS` it ``takes``; the paper's rate-shape family it belongs to (one of
+    :data:`FAMILIES`); and whether beta changes it."""
 
     name: str
-    build: Callable[[int, float], Objective]
+    build: Callable[..., Objective]
     family: str
     uses_beta: bool
+    takes: tuple[str, ...] = ()
 
 
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective", ((spec.name, spec) for spec in (
     ObjectiveSpec("elbo", lambda samples, beta: ELBO(samples=samples, beta=beta), family="elbo", uses_beta=True),
-    ObjectiveSpec("iwae", lambda samples, beta: IWAE(samples=samples), family="iwae", uses_beta=False),
+    ObjectiveSpec("iwae", lambda samples, beta, estimator: IWAE(samples=samples, estimator=estimator),
+                  family="iwae", uses_beta=False, takes=("estimator",)),
+    ObjectiveSpec("vr-iwae", lambda samples, beta, alpha: VRIWAE(samples=samples, alpha=alpha),
+                  family="iwae", uses_beta=False, takes=("alpha",)),
 )))
 
 
@@ -128,6 +197,9 @@ def register_objective(spec: ObjectiveSpec) -> ObjectiveSpec:
     """Add ``spec`` as a new ``--objective`` choice, for configurations, sweeps and the CLI alike."""
     if spec.family not in FAMILIES:
         raise ValueError(f"objective {spec.name!r}: family must be one of {', '.join(FAMILIES)} (got {spec.family!r})")
+    unknown = sorted(set(spec.takes) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"objective {spec.name!r}: takes unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
     return OBJECTIVES.register(spec.name, spec)
 
 
@@ -136,11 +208,30 @@ def objective_spec(name: str) -> ObjectiveSpec:
     return OBJECTIVES.lookup(name)
 
 
-def make_objective(name: str, samples: int = 1, beta: float = 1.0) -> Objective:
-    """The objective called ``name`` with K = ``samples`` and KL weight ``beta``, from plain values."""
-    return objective_spec(name).build(samples, beta)
+def objective_options(name: str, alpha: float | None = None, estimator: str = "standard") -> dict[str, Any]:
+    """The keywords of :data:`OPTIONS` that objective ``name``'s builder takes; a :class:`ConfigError` naming the
+    flag of an option out of range, set for an objective that does not take it, or missing where one needs it."""
+    spec = objective_spec(name)
+    check_choice("--estimator", estimator, ESTIMATORS)
+    if alpha is not None:
+        check_fraction("--alpha", alpha)
+    given = {"alpha": alpha, "estimator": estimator}
+    for option, (flag, unset) in OPTIONS.items():
+        if option in spec.takes and given[option] is None:
+            raise ConfigError(flag, f"--objective {name} needs it")
+        if option not in spec.takes and given[option] != unset:
+            takers = " or ".join(other for other, entry in OBJECTIVES.items() if option in entry.takes)
+            raise ConfigError(flag, f"{given[option]} applies to --objective {takers} only, not {name}")
+    return {option: given[option] for option in spec.takes}
+
+
+def make_objective(name: str, samples: int = 1, beta: float = 1.0, alpha: float | None = None,
+                   estimator: str = "standard") -> Objective:
+    """The objective called ``name`` with K = ``samples``, KL weight ``beta``, and the options it takes (Renyi order
+    ``alpha`` for vr-iwae, gradient ``estimator`` for iwae), from plain values; see :func:`objective_options`."""
+    return objective_spec(name).build(samples, beta, **objective_options(name, alpha, estimator))
 
 
 def build_objective(config: RunConfig) -> Objective:
-    """The objective named by ``config.objective``, with its ``samples`` and ``beta``."""
-    return make_objective(config.objective, config.samples, config.beta)
+    """The objective named by ``config.objective``, with its ``samples``, ``beta``, ``alpha`` and ``estimator``."""
+    return make_objective(config.objective, config.samples, config.beta, config.alpha, config.estimator)

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +27,77 @@ import torch
 from .validation import ConfigError
 
 
+def _allowed_cpus() -> list[int]:
+    """The CPUs this process may run on, by number."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+# The cores granted by the enclosing :func:`core_budget` blocks, innermost last.
+_BUDGETS: list[int] = []
+
+
 def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may run on, no more than an enclosing :func:`core_budget` grants."""
+    cores = len(_allowed_cpus())
+    return min(cores, *_BUDGETS) if _BUDGETS else cores
+
+
+@contextmanager
+def core_budget(cores: int) -> Iterator[None]:
+    """Within the block, :func:`available_cores` is at most ``cores``: a sweep's share of the machine per run."""
+    _BUDGETS.append(max(1, cores))
+    try:
+        yield
+    finally:
+        _BUDGETS.pop()
+
+
+# A core counts as taken when other processes used at least this share of it while the load was sampled.
+TAKEN_SHARE = 0.5
+# The shortest sampling of the load that /proc's clock ticks (USER_HZ, 100 per second) resolve usefully.
+LOAD_WINDOW = 0.1
+
+
+class LoadSample:
+    """The CPU time the machine and this process have used since the sample was started, from which
+    :meth:`idle_cores` tells how many of this process's cores other processes left free (Linux; elsewhere every
+    core counts as free)."""
+
+    def __init__(self) -> None:
+        self.cpus = _allowed_cpus()[:available_cores()]
+        self.start, self.ticks = time.monotonic(), self._ticks()
+
+    def _ticks(self) -> tuple[int, int, int] | None:
+        """(busy ticks summed over this process's CPUs, all their ticks, the ticks this process has run)."""
+        try:
+            with open("/proc/stat") as handle:
+                lines = {line.split(maxsplit=1)[0]: line.split()[1:] for line in handle if line.startswith("cpu")}
+            with open("/proc/self/stat") as handle:
+                own = handle.read().rsplit(")", 1)[1].split()  # fields from the third on: state, ppid, ...
+        except OSError:
+            return None
+        busy = total = 0
+        for cpu in self.cpus:
+            # user nice system idle iowait irq softirq steal (guest time is inside user)
+            fields = [int(v) for v in lines.get(f"cpu{cpu}", [])[:8]]
+            if len(fields) < 8:
+                return None
+            total += sum(fields)
+            busy += sum(fields) - fields[3] - fields[4]
+        return busy, total, int(own[11]) + int(own[12])  # utime, stime: fields 14 and 15 of /proc/self/stat
+
+    def idle_cores(self) -> int:
+        """This process's cores less those that other processes kept busy since the sample began (at least
+        one); waits until :data:`LOAD_WINDOW` has passed since then, so that the ticks resolve the load."""
+        time.sleep(max(0.0, self.start + LOAD_WINDOW - time.monotonic()))
+        end = self._ticks()
+        if self.ticks is None or end is None or end[1] <= self.ticks[1]:
+            return len(self.cpus)
+        busy, total, own = (b - a for a, b in zip(self.ticks, end, strict=True))
+        others = max(0, busy - own) * len(self.cpus) / total  # in cores
+        return max(1, math.floor(len(self.cpus) - others + TAKEN_SHARE))
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -12,6 +12,8 @@ from typing import Any
 MAX_SEED = 2**63 - 1
 # More intra-op threads than this is a typo: OpenMP would try to allocate a stack for each.
 MAX_THREADS = 1024
+# The fewest gradient draws a gradient-SNR reading takes: its delete-one jackknife needs three (diagnostics/snr.py).
+MIN_SNR_DRAWS = 3
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,19 @@ def check_nonnegative(option: str, value: float) -> None:
     _check_number(option, value)
     if not value >= 0:
         raise ConfigError(option, f"must be non-negative (got {value})")
+
+
+def check_fraction(option: str, value: Any) -> None:
+    """``value`` must be a finite number in [0, 1)."""
+    _check_number(option, value)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(option, f"must lie in [0, 1) (got {value})")
+
+
+def check_snr_draws(option: str, value: Any) -> None:
+    """The number of gradient draws of an SNR reading: an integer of at least :data:`MIN_SNR_DRAWS`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SNR_DRAWS:
+        raise ConfigError(option, f"must be an integer of at least {MIN_SNR_DRAWS} (got {value!r})")
 
 
 def check_seed(option: str, value: Any) -> None:

@@ -20,7 +20,9 @@ from ..config import (
     list_options,
 )
 from ..optim import bound_family, uncovered_reason
+from ..runtime import DEVICES
 from ..theory.run import AssessedRun
+from ..validation import check_snr_draws
 from .families import FAMILIES
 from .objectives import OBJECTIVES
 from .targets import BUILTIN_TARGETS, build_target
@@ -48,11 +50,14 @@ class BBVIConfig:
     seed: int = 0
     seeds: tuple[int, ...] = ()  # replicas trained together in one pass; () means (seed,)
     threads: int | None = None  # intra-op threads; None: one (BBVI's tensors are small)
+    device: str = "auto"  # one of runtime.DEVICES: auto is CUDA where available
     denormals: str = "flush"  # one of DENORMALS (runtime.py)
     eval_every: int | None = None
     eval_points: int = 20  # checkpoints of the full-objective gradient (see engine.recorder.evaluation_steps)
     eval_samples: int = 256  # Monte Carlo groups of K samples in the full objective at a checkpoint
     constants: bool = True
+    snr: bool = False  # the variational parameters' gradient SNR at every checkpoint, as the encoder's
+    snr_draws: int = 32  # minibatch gradient draws per SNR reading
 
     @property
     def replica_seeds(self) -> tuple[int, ...]:
@@ -100,6 +105,8 @@ class BBVIConfig:
                                                   f"(got {self.batch_size})")
         check_optimizer_options(self.momentum, self.adam_betas)
         check_threads(self.threads)
+        check_choice("--device", self.device, DEVICES)
+        check_snr_draws("--snr-draws", self.snr_draws)
         check_seeds(self.replica_seeds, self.optimizer, "--seeds" if self.seeds else "--seed")
         return self
 

@@ -10,6 +10,7 @@ that is not concave, with a known normaliser).
 
 from __future__ import annotations
 
+import copy as _copy
 import math
 from typing import Protocol, runtime_checkable
 
@@ -132,6 +133,17 @@ BUILTIN_TARGETS = {
     "logistic-regression": breast_cancer,
     "mixture": GaussianMixture,
 }
+
+
+def on_device(target: Target, device: torch.device) -> Target:
+    """``target`` with its data and closed forms (every tensor it holds) on ``device``: a copy where any moves."""
+    moved = {name: value.to(device) for name, value in vars(target).items()
+             if isinstance(value, Tensor) and value.device != device}
+    if not moved:
+        return target
+    copy = _copy.copy(target)
+    vars(copy).update(moved)
+    return copy
 
 
 def build_target(name: str) -> Target:

@@ -27,11 +27,11 @@ from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import run_steps
 from ..engine.recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from ..optim import build_optimizer, build_schedule
-from ..runtime import flush_denormals, intra_op_threads, require_memory
+from ..runtime import flush_denormals, intra_op_threads, require_memory, resolve_device
 from .config import BBVIConfig
 from .families import Family, Gaussian, build_family
 from .objectives import build_objective
-from .targets import DTYPE, Target, build_target
+from .targets import DTYPE, Target, build_target, on_device
 
 CHECKPOINT_FORMAT = "vaeconverge-bbvi-checkpoint-1"
 NOISE_ROWS = 64  # minibatches (each under two noise draws) per gradient-noise estimate
@@ -69,7 +69,8 @@ class _Loss(nn.Module):
 
 
 def _noise(generator: torch.Generator, groups: int, samples: int, dim: int) -> Tensor:
-    return torch.randn(groups, samples, dim, generator=generator, dtype=DTYPE)
+    """Standard normal draws (groups, K, dim) on the generator's device."""
+    return torch.randn(groups, samples, dim, generator=generator, dtype=DTYPE, device=generator.device)
 
 
 class _Replicas(Subject):
@@ -82,6 +83,7 @@ class _Replicas(Subject):
         self.seeds, self.batch_size, self.samples = config.replica_seeds, config.batch_size, config.samples
         self.examples_per_row = config.batch_size
         self.params = list(loss.parameters())
+        self.device = self.params[0].device  # the diagnostics draw on the host and move their draws here
         self.parameters = sum(p[0].numel() for p in self.params)
         self.dim, self.n = loss.target.dim, loss.target.n_data
 
@@ -90,7 +92,7 @@ class _Replicas(Subject):
         groups of K samples."""
         noise = _noise(torch.Generator().manual_seed(diagnostics_seed(seed)), 2 * self.config.eval_samples,
                        self.config.samples, self.dim)
-        return noise.reshape(2, self.config.eval_samples, self.config.samples, self.dim)
+        return noise.reshape(2, self.config.eval_samples, self.config.samples, self.dim).to(self.device)
 
     def measure(self) -> list[dict[str, float]]:
         """The full objective and the unbiased squared norm of its gradient (``diagnostics/squared_norm.py``):
@@ -134,20 +136,30 @@ class _Replicas(Subject):
         return (lambda p: loss(p, eps)), params
 
     def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> Tensor:
+        return self._minibatch_gradients(t, generator, NOISE_ROWS, 2)
+
+    def snr_gradients(self, t: int, generator: torch.Generator, seed: int, draws: int) -> dict[str, Tensor]:
+        """The variational parameters' training-loss gradients as the "encoder" group (BBVI has no decoder)."""
+        return {"encoder": self._minibatch_gradients(t, generator, draws, 1)[:, 0]}
+
+    def _minibatch_gradients(self, t: int, generator: torch.Generator, rows: int, draws: int) -> Tensor:
+        """Replica t's training-loss gradients, (rows, draws, P): ``rows`` minibatches of B data (all N without
+        minibatching), each under ``draws`` independent draws of K samples; the minibatches first, then the noise,
+        from ``generator``."""
         loss, params = self._replica_loss(t)
         index = None
         if self.batch_size < self.n:
             index = torch.stack([torch.randperm(self.n, generator=generator)[:self.batch_size]
-                                 for _ in range(NOISE_ROWS)])
-        eps = _noise(generator, NOISE_ROWS * 2, self.samples, self.dim).reshape(NOISE_ROWS, 2, 1, self.samples,
-                                                                                 self.dim)
+                                 for _ in range(rows)]).to(self.device)
+        eps = _noise(generator, rows * draws, self.samples, self.dim).reshape(rows, draws, 1, self.samples, self.dim)
+        eps = eps.to(self.device)
         if index is None:
             over_draws = vmap(grad(loss), in_dims=(None, 0))
             grads = vmap(over_draws, in_dims=(None, 0))(params, eps)
         else:
             over_draws = vmap(grad(loss), in_dims=(None, 0, None))
             grads = vmap(over_draws, in_dims=(None, 0, 0))(params, eps, index.unsqueeze(1))
-        return torch.cat([g.reshape(NOISE_ROWS, 2, -1) for g in grads.values()], dim=2)
+        return torch.cat([g.reshape(rows, draws, -1) for g in grads.values()], dim=2)
 
     def weights(self, t: int) -> list[Tensor]:
         return [p[t] for p in self.params]
@@ -177,28 +189,35 @@ def train(config: BBVIConfig, target: Target | None = None, progress: bool = Tru
     require_memory("--samples", 16 * draws * (target.dim + target.n_data),
                    f"{draws:,} variational draws a step and a checkpoint (--samples x --eval-samples x seeds) "
                    f"against {target.n_data:,} data")
+    device = resolve_device(config.device)
     with intra_op_threads(config.threads or 1), flush_denormals(config.denormals == "flush"):
-        return _fit(config, target, progress)
+        result = _fit(config, on_device(target, device), device, progress)
+    result.summary["device"] = str(device)
+    return result
 
 
-def _fit(config: BBVIConfig, target: Target, progress: bool) -> BBVIResult:
+def _fit(config: BBVIConfig, target: Target, device: torch.device, progress: bool) -> BBVIResult:
     seeds, n, batch_size = config.replica_seeds, target.n_data, config.batch_size
     if batch_size > n:
         raise ValueError(f"batch size {batch_size} exceeds the target's {n} data")
-    family = build_family(config.family, seeds, target.dim, config.flow_layers)
+    family = build_family(config.family, seeds, target.dim, config.flow_layers).to(device)  # drawn on the host
     loss_of = _Loss(family, target, build_objective(config.objective))
     params = list(family.parameters())
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    # Batches come from the host's generators; on another device the noise is drawn there, by a generator of the
+    # same seed, as a VAE run draws it.
+    noise = generators if device.type == "cpu" else [torch.Generator(device).manual_seed(seed) for seed in seeds]
     batches = [PermutationBatches(torch.arange(n), batch_size, g) for g in generators]
     epochs = batches[0]
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
     scheduler = build_schedule(optimizer, config.schedule, config.schedule_power, epochs.batches_per_epoch)
     recorder = Recorder(_Replicas(loss_of, config), config.steps, n, eval_every=config.eval_every,
-                        eval_points=config.eval_points, eval_samples=config.eval_samples, constants=config.constants)
+                        eval_points=config.eval_points, eval_samples=config.eval_samples, constants=config.constants,
+                        snr_draws=config.snr_draws if config.snr else None)
 
     def batch_losses() -> Tensor:
-        index = torch.stack([b.next_indices() for b in batches]) if batch_size < n else None
-        eps = torch.stack([_noise(g, 1, config.samples, target.dim) for g in generators])
+        index = torch.stack([b.next_indices() for b in batches]).to(device) if batch_size < n else None
+        eps = torch.stack([_noise(g, 1, config.samples, target.dim) for g in noise])
         return loss_of(eps, index)
 
     interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,

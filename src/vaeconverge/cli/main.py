@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from .. import __version__
 from .. import config as cfg
+from ..api import run_config
 from ..config import ConfigError, RunConfig, SyntheticConfig
+from ..objectives import ESTIMATORS
 from ..optim import DEFAULT_EPS
 from ..report.readings import bound_text, grad_text, rate_text
 from ..runtime import DEVICES, available_cores, graceful_stop
@@ -111,6 +114,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--objective", choices=list(cfg.OBJECTIVES), default=d.objective)
     g.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples per example")
     g.add_argument("--beta", type=float, default=d.beta, help="KL weight (elbo)")
+    g.add_argument("--alpha", type=float, default=d.alpha,
+                   help="vr-iwae (needed): Renyi order in [0, 1); 0 is IWAE, larger trades tightness for encoder SNR")
+    g.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
+                   help="iwae: gradient estimator; dreg is doubly reparameterised (its encoder SNR grows with K)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="B")
@@ -143,12 +150,22 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip estimating L, sigma^2 and R (and hence the bound)")
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="Monte Carlo draws of the full-objective gradient")
+    _snr_options(g, d.snr_draws, "the encoder's and the decoder's")
     g.add_argument("--out", type=output_path, default=Path("runs/train"), help="output directory")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--tensorboard", type=output_path, metavar="DIR",
                    help="also write the scalars as TensorBoard events into DIR (needs the tensorboard package)")
     p.set_defaults(handler=_run_train)
+
+
+def _snr_options(group: argparse._ActionsContainer, draws: int, groups: str) -> None:
+    """``--snr`` and ``--snr-draws``, for a kind of run whose parameter groups are ``groups``."""
+    group.add_argument("--snr", action="store_true",
+                       help=f"at every checkpoint, record {groups} gradient signal-to-noise ratio in metrics.csv "
+                            "(snr_* columns; training is unchanged)")
+    group.add_argument("--snr-draws", type=int, default=draws,
+                       help="--snr: minibatch gradients per reading (default: %(default)s)")
 
 
 def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
@@ -179,12 +196,16 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_seeds, default=None, metavar="T|S1,S2,...",
                    help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one pass")
     p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads (default 1)")
+    p.add_argument("--device", choices=DEVICES, default=d.device,
+                   help="where the family's replicas and the target's data live: auto (default) is CUDA where torch "
+                        "sees a GPU, else the CPU")
     p.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-points", type=int, default=d.eval_points, help="checkpoints of the full gradient")
     p.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="Monte Carlo groups of K samples in the full objective at a checkpoint")
     p.add_argument("--no-constants", dest="constants", action="store_false", help="skip L, sigma^2, R and the bound")
+    _snr_options(p, d.snr_draws, "the variational parameters' (as snr_encoder; snr_decoder stays empty)")
     p.add_argument("--out", type=output_path, default=Path("runs/bbvi"), help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -283,7 +304,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("ray (with --executor ray)")
     g.add_argument("--address", help="the cluster's head, HEAD:6379, or 'auto' for the cluster this machine "
                                      "belongs to (default: start a Ray instance here)")
-    g.add_argument("--cpus-per-run", type=int, help="CPUs each run reserves and trains on, as threads (default: 1)")
+    g.add_argument("--cpus-per-run", type=int, help="CPUs each run reserves and trains within (default: 1)")
     g.add_argument("--gpus-per-run", type=float, help="GPUs each run reserves (default: 0)")
     g.add_argument("--retries", type=int, help="times a run whose worker died is run again (default: 1)")
     p.add_argument("--retry-failed", action="store_true", help="run the sweep's failed runs again")
@@ -401,11 +422,16 @@ def _print_verdicts(verdicts: dict[str, object]) -> None:
 
 
 def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="run the paper's six hyperparameter studies and write their report",
+    p = sub.add_parser("reproduce", help="run the paper's studies and write their report",
                        description="Run the studies of vaeconverge/experiments (batch size, IWAE samples, beta, "
-                                   "activation, optimizer, depth) as sweeps into OUT/results.db, resuming what it "
-                                   "already holds, then write OUT/index.html.")
-    p.add_argument("--quick", action="store_true", help="short runs: the six studies in minutes on 2 cores")
+                                   "activation, optimizer, depth, and the gradient SNR of IWAE and its remedies) as "
+                                   "sweeps into OUT/results.db, resuming what it already holds, then write "
+                                   "OUT/index.html.")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs: the six hyperparameter studies in minutes on 2 cores (the SNR studies only "
+                        "when named by --study)")
+    p.add_argument("--study", dest="studies", action="append", default=[], metavar="NAME",
+                   help="run only this study (repeatable), e.g. --study snr")
     p.add_argument("--data", help="data for every study instead of the embedded digits (as train's --data)")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce, runs/reproduce-quick)")
@@ -425,7 +451,8 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
     check_output_folder(out, "--out", holds_runs=False)
     try:
-        with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet, device=args.device) as store:
+        with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet, device=args.device,
+                       studies=args.studies) as store:
             page, verdicts = write_report(store, out)
             counts = store.counts()
             _print_failures(store, [name for name, _ in store.sweeps()])
@@ -480,6 +507,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeconverge", description="Train VAEs with convergence guarantees you can see.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch_version()})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _bbvi_parser(sub)
@@ -491,21 +519,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def torch_version() -> str:
+    """The installed torch's version, read from its package metadata (torch itself need not be imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The validated :class:`RunConfig` of parsed ``train`` arguments."""
     synthetic = SyntheticConfig(n_samples=args.n_samples, data_dim=args.data_dim,
                                 latent_dim=args.true_latent_dim, noise_std=args.noise_std, seed=args.data_seed)
     fields = {k: v for k, v in vars(args).items() if k in RunConfig.__dataclass_fields__}
-    fields["adam_betas"] = tuple(fields["adam_betas"])
-    seeds = fields.pop("seeds")
-    fields["seeds"] = tuple(range(args.seed, args.seed + seeds)) if isinstance(seeds, int) else seeds or ()
-    return RunConfig(synthetic=synthetic, **fields).validate()
+    return run_config(synthetic=synthetic, **fields)  # --seeds T as a count, as the Python API takes it
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
-    from ..engine import TrainingDiverged, train
-    from ..report.run_folder import check_output_folder, write_run
+    from ..api import fit
+    from ..engine import TrainingDiverged
+    from ..report.run_folder import check_output_folder
 
     config = config_from_args(args)
     check_output_folder(args.out, "--out", overwrite=args.overwrite)
@@ -514,19 +549,18 @@ def _run_train(args: argparse.Namespace) -> int:
 
         require_tensorboard()
         check_output_folder(args.tensorboard, "--tensorboard", holds_runs=False)
-    dataset = load_dataset(config, progress=not args.quiet)
     with graceful_stop() as signals:
         try:
-            result = train(config, dataset, progress=not args.quiet)
+            run = fit(config, progress=not args.quiet)
         except TrainingDiverged as exc:
             print(f"vaeconverge train: {exc}; nothing written to {args.out}", file=sys.stderr)
             return 1
-        out = write_run(args.out, result)
+        out = run.save(args.out, overwrite=args.overwrite)
         if args.tensorboard is not None:
             from ..report.tensorboard import write_scalars
 
-            write_scalars(args.tensorboard, result.metrics)
-    s = result.summary
+            write_scalars(args.tensorboard, run.metrics)
+    s = run.summary
     log_lik = "n/a" if s["log_likelihood"] is None else f"{s['log_likelihood']:.6g}"
     state = " (interrupted)" if s["interrupted"] else ""
     seeds = f" x {len(s['seeds'])} seeds (means)" if len(s["seeds"]) > 1 else ""

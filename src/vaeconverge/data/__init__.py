@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..validation import ConfigError
-from .arrays import load_array_file
+from .arrays import as_float32_tensor, load_array_file
 from .batches import PermutationBatches
 from .digits import load_digits_tensor
 from .local_files import LOCAL_DATA, load_local
@@ -17,6 +17,8 @@ from .storage import Moments, as_float, float_dtype, moments
 from .synthetic import SyntheticLinear, make_synthetic_linear
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..config import RunConfig
 
 BUILTIN_DATA = ("digits", "synthetic-linear")
@@ -26,6 +28,7 @@ __all__ = [
     "Moments",
     "PermutationBatches",
     "SyntheticLinear",
+    "array_dataset",
     "as_float",
     "check_data",
     "float_dtype",
@@ -64,6 +67,13 @@ def load_dataset(config: RunConfig, progress: bool = True) -> Dataset:
         )
     check_data(x, config.likelihood, config.batch_size)
     return Dataset(name=config.data, x=x, truth=truth)
+
+def array_dataset(array: np.ndarray | torch.Tensor, config: RunConfig) -> Dataset:
+    """A user's (N, D) array in memory, numpy or torch, as a data set named ``config.data``: converted and
+    validated as an array file's would be."""
+    x = as_float32_tensor(array, "the array")
+    check_data(x, config.likelihood, config.batch_size)
+    return Dataset(name=config.data, x=x)
 
 def check_data(x: torch.Tensor, likelihood: str, batch_size: int) -> None:
     """Raise :class:`ConfigError` unless ``x`` is a finite, non-empty (N, D) array usable as asked."""

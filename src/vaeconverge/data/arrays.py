@@ -1,4 +1,4 @@
-"""A user's own data: an N x D array in an ``.npy``, ``.npz`` or ``.csv`` file."""
+"""A user's own data: an N x D array in memory (numpy or torch) or in an ``.npy``, ``.npz`` or ``.csv`` file."""
 
 from __future__ import annotations
 
@@ -30,8 +30,19 @@ def load_array_file(path: str | Path) -> torch.Tensor:
         array = _read(path)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ConfigError("--data", f"{path}: cannot read ({exc})") from exc
+    return as_float32_tensor(array, str(path))
+
+
+def as_float32_tensor(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
+    """A user's array (numpy or torch, from ``source``, named in the error) as the float32 host tensor that every
+    user data set becomes; a dtype that is not real and numeric is refused."""
+    if isinstance(array, torch.Tensor):
+        if array.is_complex() or array.dtype == torch.bool:
+            raise ConfigError("--data", f"{source}: expected a real numeric array, found dtype {array.dtype}")
+        return array.detach().to("cpu", torch.float32)
+    array = np.asarray(array)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise ConfigError("--data", f"{path}: expected a real numeric array, found dtype {array.dtype}")
+        raise ConfigError("--data", f"{source}: expected a real numeric array, found dtype {array.dtype}")
     return torch.as_tensor(np.asarray(array, dtype=np.float32))
 
 

@@ -41,7 +41,8 @@ def posterior_usage(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 2
     kl, means = 0.0, []
     device = next(model.parameters()).device
     for chunk in (as_float(to_device(rows, device)) for rows in x.split(chunk_size)):
-        q = model.encode(chunk)
+        with torch.no_grad():  # no graph: a chunk's activations are freed as soon as its posterior is read
+            q = model.encode(chunk)
         kl += q.kl_to_prior().double().sum().item()
         means.append(q.mean.double())
     variance = torch.cat(means).var(0, correction=0)

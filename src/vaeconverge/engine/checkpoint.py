@@ -61,6 +61,12 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": {"last_epoch": scheduler.last_epoch},
     }
+    write_checkpoint(path, state)
+
+
+def write_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint's ``state`` (as :func:`save_checkpoint` makes it, or as :func:`load_checkpoint` read
+    it) to ``path`` whole or not at all."""
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
@@ -88,22 +94,53 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 def load_model(path: str | Path, seed: int | None = None, device: str = "cpu") -> tuple[VAE, RunConfig]:
-    """Rebuild one trained replica (the one of ``seed``; by default the first) on ``device`` (cpu, cuda or auto,
-    whatever device wrote it) and the run's configuration."""
-    target = resolve_device(device)
-    state = load_checkpoint(path, target)
-    try:
-        config = RunConfig.from_dict(state["config"]).validate()
-        seeds, weights, data_dim = state["seeds"], state["models"], state["data_dim"]
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: incomplete checkpoint, missing {exc}") from exc
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{path}: invalid recorded configuration ({exc})") from exc
+    """Rebuild one trained model of a run from its checkpoint.pt.
+
+    Args:
+        path: The checkpoint, as ``vaeconverge train`` and :meth:`vaeconverge.Run.save` write it.
+        seed: Whose replica; the first seed's if None.
+        device: Where the model goes: cpu, cuda or auto (CUDA where available), whatever device wrote it.
+
+    Returns:
+        The model and the run's configuration.
+
+    Raises:
+        CheckpointError: The file is missing, damaged, not a VAE run's, or holds no replica of ``seed``.
+    """
+    state, config, target = _read_run_checkpoint(path, device)
+    seeds = state["seeds"]
     if seed is not None and seed not in seeds:
         raise CheckpointError(f"{path}: no replica with seed {seed} (seeds: {seeds})")
+    return _replica(path, state, config, 0 if seed is None else seeds.index(seed), target), config
+
+
+def load_replicas(path: str | Path, device: str = "cpu") -> tuple[list[VAE], RunConfig, dict[str, Any]]:
+    """Rebuild every trained replica, in the order of the run's seeds, on ``device``; also return the run's
+    configuration and the checkpoint as read (saved again, it is the same run)."""
+    state, config, target = _read_run_checkpoint(path, device)
+    return [_replica(path, state, config, t, target) for t in range(len(state["seeds"]))], config, state
+
+
+def _read_run_checkpoint(path: str | Path, device: str) -> tuple[dict[str, Any], RunConfig, torch.device]:
+    """A training run's checkpoint read onto ``device``, checked to hold what rebuilds its replicas; its validated
+    configuration; the device."""
+    target = resolve_device(device)
+    state = load_checkpoint(path, target)
+    missing = [key for key in ("config", "seeds", "models", "data_dim") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing[0]!r}")
     try:
-        model = build_vae(config, data_dim).to(target)
-        model.load_state_dict(weights[0 if seed is None else seeds.index(seed)])
+        config = RunConfig.from_dict(state["config"]).validate()
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid recorded configuration ({exc})") from exc
+    return state, config, target
+
+
+def _replica(path: str | Path, state: dict[str, Any], config: RunConfig, index: int, device: torch.device) -> VAE:
+    """Replica ``index`` of a checkpoint read by :func:`_read_run_checkpoint`, built on ``device``."""
+    try:
+        model = build_vae(config, state["data_dim"]).to(device)
+        model.load_state_dict(state["models"][index])
     except (RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded configuration ({exc})") from exc
-    return model, config
+    return model

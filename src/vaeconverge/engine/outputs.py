@@ -13,7 +13,7 @@ from typing import Any
 
 from ..diagnostics.seeds import BAND_KEYS, bands
 from .checkpoint import atomic_write
-from .recorder import METRIC_COLUMNS
+from .recorder import METRIC_COLUMNS, SNR_COLUMNS
 
 
 def write_tables(out_dir: str | Path, metrics: list[dict[str, float]], summary: dict[str, Any]) -> Path:
@@ -65,7 +65,7 @@ class RunFolderError(ValueError):
 SUMMARY_KEYS: dict[str, tuple[type, ...]] = {"config": (dict,), "steps": (int,), "data": (dict,),
                                              "constants": (dict, type(None))}
 # Columns of metrics.csv a reader may find absent (written by an earlier version; read with a default).
-OPTIONAL_COLUMNS = ("grad_sq_norm_se", "grad_sq_norm_biased")
+OPTIONAL_COLUMNS = ("grad_sq_norm_se", "grad_sq_norm_biased", *SNR_COLUMNS)
 _SHOWN = 40  # characters of a damaged value quoted in a message
 
 

@@ -10,9 +10,11 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
   stacked parameters.
 - Threads. A small step costs more in thread hand-offs than a second core gains, and one product on several
   threads may split its reduction and round differently. So a single small replica runs on one thread;
-  T >= 2 small (vectorised) replicas use every core, the threads sharing out whole replicas' products
-  (checked bit for bit against one thread on the digits MLP, ELBO and IWAE); large replicas use every core
-  whatever T.
+  everything else on the cores other processes leave idle when the run starts: an OpenMP thread that shares
+  its core with a busy process holds up every parallel region (measured 2-4x slower than one thread). T >= 2
+  small (vectorised) replicas share out whole replicas' products among the threads (checked bit for bit
+  against one thread on the digits MLP, ELBO and IWAE), so their numbers do not depend on the count; a large
+  replica's may change in the last bits with it: the summary records the count, and ``--threads`` fixes it.
 
 The README's performance section has the measurements behind :data:`LOOP_FLOPS`.
 """
@@ -27,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..runtime import available_cores
+from ..runtime import LoadSample
 
 # Floating-point operations of one replica's training step (forward and backward) from which replicas are
 # looped rather than vectorised, and use every core: between a digits MLP (0.04 GFLOP) and a 784-512-16 MLP at
@@ -35,20 +37,28 @@ from ..runtime import available_cores
 LOOP_FLOPS = 1e9
 
 
-@dataclass(frozen=True)
-class Plan:
-    """``vectorised``: all replicas in one pass over stacked parameters, else one replica after another;
-    ``threads``: intra-op."""
-
-    vectorised: bool
-    threads: int
-
-
+# Examples per chunk of a checkpoint's full-data evaluation (diagnostics.grad_norms) at most, and examples whose
+# per-example gradients a constants probe holds at most and at least (diagnostics.constants).
+EVAL_CHUNK = 2048
+PROBE_EXAMPLES, MIN_PROBE_EXAMPLES = 256, 16
+# Memory a checkpoint's chunk or a constants probe may hold beyond training's own step: chunks and probes are
+# sized to it from one replica's measured step, so that a conv network's diagnostics fit where its training does.
+DIAGNOSTICS_BYTES = 512 * 2**20
 # Copies of the parameters a run holds per replica: the weights, their gradient, Adam's two moments and the two
 # independent gradient replicates of a checkpoint.
 STATE_COPIES = 6
-# Examples per chunk of a checkpoint's full-data evaluation (diagnostics.grad_norms).
-EVAL_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class Plan:
+    """``vectorised``: all replicas in one pass over stacked parameters, else one replica after another;
+    ``threads``: intra-op; ``eval_chunk``: examples per chunk of a checkpoint; ``probe_examples``: examples
+    whose per-example gradients a constants probe takes."""
+
+    vectorised: bool
+    threads: int
+    eval_chunk: int = EVAL_CHUNK
+    probe_examples: int = PROBE_EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -61,13 +71,32 @@ class StepCost:
     forward_bytes: int
     batch_size: int
 
-    def run_bytes(self, replicas: int, examples: int) -> tuple[float, float]:
-        """An estimate of a run's peak memory beyond its data, in two parts: the parameters' copies, and the
-        tensors of a training step or of a checkpoint's chunk of ``examples`` (whichever is larger) twice over
-        for the backward pass; each once per replica."""
-        per_example = self.forward_bytes / self.batch_size
-        activations = 2 * per_example * max(self.batch_size, min(examples, EVAL_CHUNK))
-        return replicas * STATE_COPIES * 4 * self.parameters, replicas * activations
+    @property
+    def example_bytes(self) -> float:
+        """The bytes one example's forward and backward pass hold (the forward's tensors, twice over)."""
+        return 2 * self.forward_bytes / self.batch_size
+
+    def eval_chunk(self) -> int:
+        """Examples per chunk of a checkpoint: as many as :data:`DIAGNOSTICS_BYTES` holds (a training batch's
+        worth at least, :data:`EVAL_CHUNK` at most)."""
+        return max(self.batch_size, min(EVAL_CHUNK, int(DIAGNOSTICS_BYTES // self.example_bytes)))
+
+    def probe_examples(self) -> int:
+        """Examples of a constants probe: each holds two draws of its gradient (and a copy, flattened) and of its
+        pass; as many as :data:`DIAGNOSTICS_BYTES` holds, between :data:`MIN_PROBE_EXAMPLES` and
+        :data:`PROBE_EXAMPLES`."""
+        per_example = 2 * (2 * 4 * self.parameters + self.example_bytes)
+        return max(MIN_PROBE_EXAMPLES, min(PROBE_EXAMPLES, int(DIAGNOSTICS_BYTES // per_example)))
+
+    def run_bytes(self, replicas: int, examples: int, probes: bool = True) -> tuple[float, float]:
+        """An estimate of a run's peak memory beyond its data, in two parts: what grows with the parameters (their
+        copies, once per replica, and a constants probe's per-example gradients where the run ``probes``), and
+        what grows with the examples evaluated at once (a training step's or a checkpoint's chunk of up to
+        ``examples``, whichever is larger, once per replica, and a probe's passes)."""
+        chunk = self.example_bytes * max(self.batch_size, min(examples, self.eval_chunk()))
+        draws = 2 * self.probe_examples() if probes else 0
+        return (replicas * STATE_COPIES * 4 * self.parameters + draws * 2 * 4 * self.parameters,
+                replicas * chunk + draws * self.example_bytes)
 
 
 class _ForwardBytes(TorchDispatchMode):
@@ -96,14 +125,19 @@ def step_cost(model: torch.nn.Module, forward: Callable[..., torch.Tensor], batc
 
 
 def plan(replica_flops: float, replicas: int, requested_threads: int | None = None, loop: bool = False,
-         device: torch.device | None = None) -> Plan:
+         device: torch.device | None = None, load: LoadSample | None = None) -> Plan:
     """The layout and thread count for ``replicas`` replicas whose steps cost ``replica_flops`` each.
     ``requested_threads`` overrides the thread count; ``loop`` forces the looped layout (for optimizers that
-    must see each replica's parameters in their own shapes, and layers that do not take them stacked). On a
-    GPU every stackable model is vectorised: one kernel for all replicas rather than T small ones (a choice
-    not yet measured on a GPU)."""
+    must see each replica's parameters in their own shapes, and layers that do not take them stacked); ``load``
+    samples the other processes' use of the cores (from the run's start; taken now if not given). On a GPU every
+    stackable model is vectorised: one kernel for all replicas rather than T small ones (a choice not yet
+    measured on a GPU)."""
     small = replica_flops < LOOP_FLOPS or (device is not None and device.type == "cuda")
-    threads = 1 if small and replicas == 1 else available_cores()
-    return Plan(small and not loop, threads if requested_threads is None else requested_threads)
-
-
+    vectorised = small and not loop
+    if requested_threads is not None:
+        threads = requested_threads
+    elif small and replicas == 1:
+        threads = 1
+    else:
+        threads = (load or LoadSample()).idle_cores()
+    return Plan(vectorised, threads)

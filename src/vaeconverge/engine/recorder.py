@@ -26,12 +26,25 @@ import torch
 from torch import Tensor
 
 from ..diagnostics import GradientNoise, GradientNormTracker, noise_from_gradients, smoothness_estimate
+from ..diagnostics.seeds import seed_matrix
+from ..diagnostics.snr import gradient_snr
 from ..theory.assessment import ESTIMATED, Constants, assess_run
 from ..theory.run import AssessedRun
 
 # The diagnostics draw their Monte Carlo noise from their own stream, so that evaluating more or less often
 # never changes the training trajectory; re-seeded at every evaluation (common random numbers).
 DIAGNOSTICS_SEED_OFFSET = 0x5EED
+# The gradient-SNR draws' stream sits this far above the diagnostics' (beyond any checkpoint's probe seed), and is
+# the same at every checkpoint: each checkpoint's SNR is read on the same minibatches and noise.
+SNR_SEED_OFFSET = 1 << 62
+
+# The parameter groups whose gradient SNR a run records (THEORY.md section 6): the encoder's phi, whose SNR the
+# theory says falls like sqrt(B / K) under IWAE, and the generative model's theta (decoder and likelihood), whose
+# SNR rises like sqrt(B K). A subject without one of them (BBVI has no decoder) records NaN for it.
+SNR_GROUPS = ("encoder", "decoder")
+# Per group: Rainforth et al.'s mean over coordinates of |mean| / std, and the whole group's norm-based ratio,
+# each with its standard error (``diagnostics/snr.py``).
+SNR_COLUMNS = tuple(f"snr{kind}_{group}{se}" for group in SNR_GROUPS for kind in ("", "_norm") for se in ("", "_se"))
 
 # The default number of checkpoints: a full-data gradient costs up to about as much per example as a training
 # step (README, performance), so the checkpoints' full-data passes may see at most this fraction of the examples
@@ -57,6 +70,7 @@ METRIC_COLUMNS = (
     "random_iterate",
     "bound",
     "seconds",
+    *SNR_COLUMNS,
 )
 
 
@@ -77,6 +91,11 @@ def diagnostics_seed(seed: int) -> int:
 def probe_seed(seed: int, step: int) -> int:
     """The seed of replica ``seed``'s constants probe at ``step``."""
     return diagnostics_seed(seed) + 1 + step
+
+
+def snr_seed(seed: int) -> int:
+    """The seed of replica ``seed``'s gradient-SNR draws (the same at every checkpoint)."""
+    return diagnostics_seed(seed) + SNR_SEED_OFFSET
 
 
 def default_eval_points(steps: int, batch_size: int, n_examples: int, eval_samples: int) -> int:
@@ -188,6 +207,12 @@ class Subject(ABC):
     def weights(self, t: int) -> list[Tensor]:
         """Replica t's trained parameters (their largest magnitude is the theory's weight bound a)."""
 
+    def snr_gradients(self, t: int, generator: torch.Generator, seed: int, draws: int) -> dict[str, Tensor]:
+        """``draws`` independent minibatch gradients of replica t's training loss (the surrogate training follows,
+        at the training batch size, each draw with a fresh minibatch and fresh noise, drawn from ``generator`` or
+        seeded by ``seed``), per group of :data:`SNR_GROUPS` the subject has: {group: (draws, its parameters)}."""
+        raise NotImplementedError(f"{type(self).__name__} does not measure gradient SNR")
+
     def probing(self, t: int, seed: int) -> contextlib.AbstractContextManager[None]:
         """The context the probe of replica t runs in (seeded ``seed``); nothing by default."""
         return contextlib.nullcontext()
@@ -209,6 +234,8 @@ SUMMARY_KEYS = (
     # one kind of run's extras
     "threads", "vectorised", "device", "ppca_log_likelihood", "log_evidence", "evidence_gap", "posterior",
     "monitor_seconds",
+    # the gradient SNR at the first and last checkpoints (None unless measured)
+    "snr",
 )
 
 
@@ -260,11 +287,14 @@ class Recorder:
     The stepping code reports each minibatch gradient's squared norms (:meth:`observe`), the ends of epochs
     (:meth:`end_epoch`) and calls :meth:`record` at each of :attr:`checkpoints`. ``strict``: a non-finite
     objective raises :class:`TrainingDiverged`; otherwise it is recorded with a warning (a user's loop goes on).
+    ``snr_draws``: measure each replica's gradient SNR per group at every checkpoint from that many draws
+    (:meth:`snr`); None: not measured (its columns NaN).
     """
 
     def __init__(self, subject: Subject, steps: int, n_examples: int, *, eval_every: int | None = None,
                  eval_points: int | None = None, eval_samples: int = 1, constants: bool = True,
-                 strict: bool = True, device: torch.device | str | None = None) -> None:
+                 strict: bool = True, device: torch.device | str | None = None, snr_draws: int | None = None
+                 ) -> None:
         self.subject = subject
         points = eval_points or default_eval_points(steps, subject.batch_size, n_examples, eval_samples)
         self.checkpoints = evaluation_steps(steps, eval_every, points)
@@ -276,7 +306,8 @@ class Recorder:
         self.probes: list[Probe] = []
         self.start = time.perf_counter()
         # wall time of the checkpoints' measurements and of the constants probes, within ``seconds``
-        self.diagnostics_seconds = {"checkpoints": 0.0, "probes": 0.0}
+        self.diagnostics_seconds = {"checkpoints": 0.0, "probes": 0.0} | ({"snr": 0.0} if snr_draws else {})
+        self.snr_draws = snr_draws
 
     def observe(self, squared_norms: Tensor) -> None:
         """One step's minibatch gradient squared norms, one per replica."""
@@ -303,10 +334,16 @@ class Recorder:
                 if self.strict:
                     raise TrainingDiverged(step, seed)
                 warnings.warn(f"the full objective is not finite at step {step}", stacklevel=3)
-            full = {"kl": math.nan, "active_units": math.nan, "objective_se": math.nan} | row | {
+            unmeasured = dict.fromkeys(("kl", "active_units", "objective_se", *SNR_COLUMNS), math.nan)
+            full = unmeasured | row | {
                 "seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": window,
                 "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
             rows.append({key: full[key] for key in METRIC_COLUMNS})
+        if self.snr_draws and all(math.isfinite(row["objective"]) for row in rows):
+            began = time.perf_counter()
+            for t, row in enumerate(rows):
+                row.update(self.snr(t))
+            self.diagnostics_seconds["snr"] += time.perf_counter() - began
         if step in self.probe_steps and all(math.isfinite(row["objective"]) for row in rows):
             began = time.perf_counter()
             self.probes.extend(self.probe(t, step) for t in range(len(self.subject.seeds)))
@@ -328,6 +365,18 @@ class Recorder:
         weight_bound = max(p.detach().abs().max().item() for p in self.subject.weights(t))
         return Probe(L=L, noise=noise, weight_bound=weight_bound, seed=self.subject.seeds[t])
 
+    def snr(self, t: int) -> dict[str, float]:
+        """The :data:`SNR_COLUMNS` of replica t at its current parameters, from :attr:`snr_draws` gradient draws
+        seeded by :func:`snr_seed`; NaN for a group the subject does not have."""
+        seed = snr_seed(self.subject.seeds[t])
+        groups = self.subject.snr_gradients(t, torch.Generator().manual_seed(seed), seed, self.snr_draws)
+        out = dict.fromkeys(SNR_COLUMNS, math.nan)
+        for group, draws in groups.items():
+            estimate = gradient_snr(draws)
+            out |= {f"snr_{group}": estimate.coord, f"snr_{group}_se": estimate.coord_se,
+                    f"snr_norm_{group}": estimate.norm, f"snr_norm_{group}_se": estimate.norm_se}
+        return out
+
     def constants(self) -> Constants | None:
         """The constants over every probe so far (None without probes), delta against the subject's floor."""
         if not self.probes:
@@ -347,8 +396,28 @@ class Recorder:
         for entry in assessment.summary["per_seed"]:  # each seed's own constants, for findings paired by seed
             own = [p for p in self.probes if p.seed == entry["seed"]]
             entry["constants"] = probe_maxima(own) if own else None
+            if self.snr_draws:
+                entry["snr"] = snr_reading([row for row in self.metrics if row["seed"] == entry["seed"]],
+                                           self.snr_draws)
         return RunSummary(config=config, seeds=list(self.subject.seeds), steps=int(self.metrics[-1]["step"]),
                           seconds=time.perf_counter() - self.start,
                           diagnostics_seconds=dict(self.diagnostics_seconds), interrupted=interrupted, data=data,
                           parameters=self.subject.parameters, constants=constants, assessment=assessment.summary,
-                          grad_sq_norm_estimator=self.subject.estimator)
+                          grad_sq_norm_estimator=self.subject.estimator,
+                          extras={"snr": snr_reading(self.metrics, self.snr_draws) if self.snr_draws else None})
+
+
+def snr_reading(metrics: Sequence[dict[str, float]], draws: int) -> dict[str, Any]:
+    """The gradient SNR of a run's seeds at their first and last common checkpoints, for its summary: ``draws``,
+    and ``start`` and ``end``, each with its ``step`` and every :data:`SNR_COLUMNS` without its ``snr_`` prefix, the
+    mean over the seeds (a standard error: that of the mean, from the seeds' own)."""
+    steps, _ = seed_matrix(metrics, SNR_COLUMNS[0])
+    reading: dict[str, Any] = {"draws": draws}
+    for end, index in (("start", 0), ("end", -1)):
+        values: dict[str, float] = {"step": steps[index]}
+        for column in SNR_COLUMNS:
+            at = seed_matrix(metrics, column)[1][:, index]
+            values[column.removeprefix("snr_")] = float(
+                np.sqrt(np.square(at).sum()) / len(at) if column.endswith("_se") else at.mean())
+        reading[end] = values
+    return reading

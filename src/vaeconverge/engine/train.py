@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import full_objective_gradient
 from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
 from ..diagnostics.posterior import posterior_usage
+from ..diagnostics.snr import vae_gradient_draws
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
-from ..objectives import ELBO, IWAE, OBJECTIVES, build_objective, draw_noise
+from ..objectives import ELBO, IWAE, OBJECTIVES, VRIWAE, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
-from ..runtime import flush_denormals, intra_op_threads, require_memory, resolve_device, to_device
+from ..runtime import LoadSample, flush_denormals, intra_op_threads, require_memory, resolve_device, to_device
 from .checkpoint import FORMAT, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import run_steps
@@ -58,8 +59,9 @@ class EnsembleSubject(Subject):
     objective (exact for a Linear VAE's ELBO), the encoder's use of the latent space, and per-example gradients
     of one replica (``diagnostics/constants.py``)."""
 
-    def __init__(self, ensemble: Ensemble, dataset: Dataset, config: RunConfig) -> None:
+    def __init__(self, ensemble: Ensemble, dataset: Dataset, config: RunConfig, chosen: Plan | None = None) -> None:
         self.ensemble, self.x, self.config = ensemble, dataset.x, config
+        self.plan = chosen or Plan(vectorised=isinstance(ensemble, VectorisedEnsemble), threads=1)
         self.seeds = config.replica_seeds
         self.batch_size, self.samples = config.batch_size, ensemble.objective.samples
         self.parameters = ensemble.parameters_per_replica
@@ -69,7 +71,8 @@ class EnsembleSubject(Subject):
 
     def measure(self) -> list[dict[str, float]]:
         generators = [torch.Generator().manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
-        full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators)
+        full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators,
+                                       chunk_size=self.plan.eval_chunk)
         rows = []
         for t in range(len(self.seeds)):
             row = {"objective": full.objective[t], "objective_se": full.objective_se[t],
@@ -78,7 +81,7 @@ class EnsembleSubject(Subject):
                    "log_likelihood": math.nan, "kl": math.nan, "active_units": math.nan}
             if math.isfinite(row["objective"]):  # a diverged model has no usable closed forms
                 model = self.ensemble.replica(t)
-                usage = posterior_usage(model, self.x)
+                usage = posterior_usage(model, self.x, self.plan.eval_chunk)
                 row.update(kl=usage.kl, active_units=usage.active_units)
                 if self.linear:
                     row.update(self._closed_forms(model))
@@ -103,20 +106,25 @@ class EnsembleSubject(Subject):
         return fixed_noise_loss(self.ensemble.replica(t), self.ensemble.objective, self.x, generator)
 
     def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> torch.Tensor:
-        return example_gradient_draws(self.ensemble.replica(t), self.ensemble.objective, self.x, generator)
+        return example_gradient_draws(self.ensemble.replica(t), self.ensemble.objective, self.x, generator,
+                                      self.plan.probe_examples)
 
     def weights(self, t: int) -> list[torch.Tensor]:
         return list(self.ensemble.replica(t).parameters())
 
+    def snr_gradients(self, t: int, generator: torch.Generator, seed: int, draws: int) -> dict[str, torch.Tensor]:
+        return vae_gradient_draws(self.ensemble.replica(t), self.ensemble.objective, self.x, self.batch_size, draws,
+                                  generator)
+
     @cached_property
     def floor(self) -> ObjectiveFloor | None:
         """The closed-form pPCA optimum of a Linear VAE where the objective's maximum is log p(x); else, for the
-        ELBO (any beta >= 0) and the IWAE bound, which lie below sup_z log p(x | z), the mean over the data of
-        minus the likelihood's ceiling (None where it has none, as under a learned variance)."""
+        ELBO (any beta >= 0) and the IWAE and VR-IWAE bounds, which lie below sup_z log p(x | z), the mean over the
+        data of minus the likelihood's ceiling (None where it has none, as under a learned variance)."""
         exact_optimum = not OBJECTIVES[self.config.objective].uses_beta or self.config.beta == 1.0
         if self.linear and self.ppca_log_likelihood is not None and exact_optimum:
             return ObjectiveFloor(-self.ppca_log_likelihood, "closed-form pPCA optimum", exact=True)
-        if not isinstance(self.ensemble.objective, (ELBO, IWAE)):
+        if not isinstance(self.ensemble.objective, (ELBO, IWAE, VRIWAE)):
             return None
         likelihood = self.ensemble.template.likelihood
         total = 0.0
@@ -147,6 +155,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
     the host, the same on every device), moved to ``device`` (default: the host), laid out as the size of one
     replica's step asks, and the plan that chose the layout. A run that would not fit in memory is refused
     before anything is allocated."""
+    load = LoadSample()  # the other processes' use of the cores, while the run is being built
     objective = build_objective(config)
     seeds, batch = config.replica_seeds, config.batch_size
     with torch.device("meta"):
@@ -154,7 +163,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
         head = torch.empty(batch, x.shape[1])
         cost = step_cost(probe, partial(objective, probe), batch, head,
                          torch.empty(objective.samples, batch, probe.latent_dim))
-    state, activations = cost.run_bytes(len(seeds), len(x))
+    state, activations = cost.run_bytes(len(seeds), len(x), probes=config.constants)
     run = (f"training {len(seeds)} replica{'s' if len(seeds) > 1 else ''} of {cost.parameters:,} parameters "
            f"(--hidden, --depth) on batches of {batch} x {objective.samples} latent samples (--samples)")
     require_memory("--hidden" if state > activations else "--batch-size", state + activations, run)
@@ -165,7 +174,8 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
         model.init_from_data_(x)
         models.append(model.to(device))
     loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
-    chosen = plan(cost.flops, len(models), config.threads, loop=loop, device=device)
+    chosen = replace(plan(cost.flops, len(models), config.threads, loop=loop, device=device, load=load),
+                     eval_chunk=cost.eval_chunk(), probe_examples=cost.probe_examples())
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen
 
@@ -181,14 +191,14 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainRe
     device = resolve_device(config.device)
     ensemble, chosen = build_ensemble(config, dataset.x, device)
     with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
-        result = _fit(config, dataset, ensemble, progress)
+        result = _fit(config, dataset, ensemble, chosen, progress)
     result.summary["threads"] = chosen.threads
     result.summary["vectorised"] = chosen.vectorised
     result.summary["device"] = str(device)
     return result
 
 
-def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool) -> TrainResult:
+def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, progress: bool) -> TrainResult:
     """The training loop proper, measured by a :class:`Recorder`."""
     x, device = dataset.x, ensemble.device  # the data stay on the host; each batch goes to the device
     seeds = config.replica_seeds
@@ -201,9 +211,10 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, progress: bool
     params = ensemble.parameters()
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
     scheduler = build_schedule(optimizer, config.schedule, config.schedule_power, epochs.batches_per_epoch)
-    subject = EnsembleSubject(ensemble, dataset, config)
+    subject = EnsembleSubject(ensemble, dataset, config, chosen)
     recorder = Recorder(subject, config.steps, len(x), eval_every=config.eval_every, eval_points=config.eval_points,
-                        eval_samples=config.eval_samples, constants=config.constants)
+                        eval_samples=config.eval_samples, constants=config.constants,
+                        snr_draws=config.snr_draws if config.snr else None)
     samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
 
     def batch_losses() -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.storage import Moments, moments
+from ..data.storage import Moments, as_float, moments
 from ..nn.layers import Linear, per_replica
 from ..nn.networks import LOGVAR_HEAD_RANGE, MEAN_HEAD_RANGE, NetworkSpec, build_body, build_decoder_layers
 
@@ -46,6 +46,10 @@ class DiagonalGaussian:
         """log q(z | x) at z = rsample(eps): log N(eps; 0, I) - (1/2) sum log var."""
         return standard_normal_log_prob(eps) - 0.5 * self.logvar.sum(-1).unsqueeze(-2)
 
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z | x) of given samples z (K, B, latent), differentiable in z as well as in the parameters."""
+        return self.log_prob_of_sample((z - self.mean.unsqueeze(-3)) * (-0.5 * self.logvar).exp().unsqueeze(-3))
+
     def kl_to_prior(self) -> torch.Tensor:
         """KL(q || N(0, I)) per example, in closed form."""
         return gaussian_kl(self.mean, self.logvar)
@@ -67,6 +71,12 @@ class SharedCholeskyGaussian:
     def log_prob_of_sample(self, eps: torch.Tensor) -> torch.Tensor:
         log_density = standard_normal_log_prob(eps)
         return log_density - per_replica(self._log_det_tril(), log_density)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z | x) of given samples z (K, B, latent): their noise solves eps L^T = z - mean."""
+        eps = torch.linalg.solve_triangular(self.scale_tril.mT.unsqueeze(-3), z - self.mean.unsqueeze(-3),
+                                            upper=True, left=False)
+        return self.log_prob_of_sample(eps)
 
     def kl_to_prior(self) -> torch.Tensor:
         # KL = (1/2) (||mean||^2 + tr(L L^T) - d - log det L L^T)
@@ -154,6 +164,10 @@ class BernoulliLikelihood(nn.Module):
         # x l - softplus(l): the negated binary cross-entropy with logits, in three elementwise kernels.
         return (x * logits - F.softplus(logits)).sum(-1)
 
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """E[x | z] from the decoder's output: each pixel's probability, sigmoid(logit), in [0, 1]."""
+        return torch.sigmoid(logits)
+
 
 class GaussianLikelihood(nn.Module):
     """p(x | z) = N(x; G(z), c^2 I), with c fixed or learned (stored as log c)."""
@@ -199,6 +213,10 @@ class GaussianLikelihood(nn.Module):
         log_std = per_replica(self.log_std, sq)
         return -0.5 * (sq / (2.0 * log_std).exp() + dim * (LOG_2PI + 2.0 * log_std))
 
+    def mean(self, decoded: torch.Tensor) -> torch.Tensor:
+        """E[x | z] from the decoder's output, which is that mean already."""
+        return decoded
+
 
 class VAE(nn.Module):
     """Encoder, decoder network and likelihood; z has ``latent_dim`` coordinates."""
@@ -221,6 +239,38 @@ class VAE(nn.Module):
     def exact_log_prob(self, x: torch.Tensor) -> torch.Tensor | None:
         """Exact log p_theta(x) per example where the model admits it in closed form, else None."""
         return None
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw new data from the model: z ~ N(0, I) decoded to the likelihood's mean E[x | z].
+
+        Args:
+            n: How many examples to draw.
+            generator: Source of the latent draws, for repeatable samples; torch's global one by default. It
+                may live on the host while the model is on an accelerator.
+
+        Returns:
+            A tensor (n, D) on the model's device: pixel probabilities in [0, 1] under a Bernoulli likelihood,
+            the Gaussian decoder's mean otherwise.
+        """
+        weight = next(self.decoder.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator,
+                        device=weight.device if generator is None else generator.device, dtype=weight.dtype)
+        return self.likelihood.mean(self.decoder(z.to(weight.device)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode each example at its encoder mean: the likelihood's mean E[x | z = mean of q(z | x)].
+
+        Args:
+            x: A batch (B, D), as floats or as uint8 pixels (read as value / 255).
+
+        Returns:
+            A tensor (B, D) on the model's device, without gradient.
+        """
+        weight = next(self.decoder.parameters())
+        z = self.encode(as_float(x).to(weight.device, weight.dtype)).mean
+        return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..diagnostics.seeds import bands, by_seed, seed_mean
 
@@ -226,11 +227,13 @@ def objective_panel(ax: plt.Axes, metrics: Sequence[dict[str, float]], objective
     ax.grid(True, alpha=0.3)
 
 
-def plot_convergence(metrics: Sequence[dict[str, float]], path: str | Path, title: str = "",
-                     bound_label: str = "", objective: str = GENERIC_OBJECTIVE) -> None:
+def convergence_figure(metrics: Sequence[dict[str, float]], title: str = "", bound_label: str = "",
+                       objective: str = GENERIC_OBJECTIVE) -> Figure:
     """Two panels against iteration on one symlog axis: ||grad L||^2 (:func:`gradient_panel`) and the objective
-    called ``objective`` (:func:`objective_panel`)."""
-    fig, (ax_grad, ax_obj) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True, constrained_layout=True)
+    called ``objective`` (:func:`objective_panel`). Not registered with pyplot: nothing to close, and a notebook
+    shows it once, where it is returned."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_grad, ax_obj = fig.subplots(1, 2, sharex=True)
     if metrics:
         gradient_panel(ax_grad, metrics, bound_label)
         objective_panel(ax_obj, metrics, objective)
@@ -240,13 +243,22 @@ def plot_convergence(metrics: Sequence[dict[str, float]], path: str | Path, titl
             no_data(ax, "no checkpoint measured")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def save_png(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` as the PNG every run folder holds (same numbers, same bytes)."""
     fig.savefig(path, dpi=110, format="png", metadata=PNG_METADATA)
-    plt.close(fig)
 
 
-def plot_run(metrics: Sequence[dict[str, float]], summary: dict[str, Any], path: str | Path,
-             title: str | None = None) -> None:
-    """``convergence.png`` of a run from its metrics rows and summary (bound label and the objective's name from
+def plot_convergence(metrics: Sequence[dict[str, float]], path: str | Path, title: str = "",
+                     bound_label: str = "", objective: str = GENERIC_OBJECTIVE) -> None:
+    """Write :func:`convergence_figure` to ``path`` as a PNG."""
+    save_png(convergence_figure(metrics, title, bound_label, objective), path)
+
+
+def run_figure(metrics: Sequence[dict[str, float]], summary: dict[str, Any], title: str | None = None) -> Figure:
+    """The convergence figure of a run from its metrics rows and summary (bound label and the objective's name from
     the summary; the title, unless given, from its configuration)."""
     if title is None:
         c = summary["config"]
@@ -254,4 +266,10 @@ def plot_run(metrics: Sequence[dict[str, float]], summary: dict[str, Any], path:
         title = f"{fitted}, {c['objective']} (K={c['samples']}), {c['optimizer']}, B={c['batch_size']}"
     bound = summary.get("bound") or {}
     label = f"bound ({bound['name']}, estimated constants)" if bound.get("value") is not None else ""
-    plot_convergence(metrics, path, title, label, objective=objective_label(summary.get("config")))
+    return convergence_figure(metrics, title, label, objective=objective_label(summary.get("config")))
+
+
+def plot_run(metrics: Sequence[dict[str, float]], summary: dict[str, Any], path: str | Path,
+             title: str | None = None) -> None:
+    """Write ``convergence.png`` of a run (:func:`run_figure`) to ``path``."""
+    save_png(run_figure(metrics, summary, title), path)

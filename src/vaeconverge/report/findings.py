@@ -56,6 +56,10 @@ def check(finding: Finding, labels: Sequence[str], summaries: Sequence[dict[str,
                if summary is None or value is None or (isinstance(value, float) and not math.isfinite(value))]
     if missing:
         return Verdict(None, f"no {finding.metric} for {', '.join(missing)} (not finished, or not measured)")
+    if finding.expect == "snr-scaling":  # read at step 0, before any encoder could collapse
+        from .snr import scaling_verdict  # which builds on this module's Verdict
+
+        return scaling_verdict(summaries)
     collapsed = [label for label, summary in zip(labels, summaries, strict=True) if summary.get("collapsed")]
     caveat = f"; collapsed runs (the encoder ignores x): {', '.join(collapsed)}" if collapsed else ""
     if finding.expect == "all-true":

@@ -13,6 +13,7 @@ from typing import Any
 from ..sweeps.grid import SweepSpec, parse_spec
 from ..sweeps.store import Store
 from .findings import Verdict, check
+from .snr import SLOPE_HEADER, plot_snr, slope_rows
 from .study import StudyRun, plot_curves, plot_trend
 
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -22,8 +23,9 @@ th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
 
 
 def write_report(store: Store, out_dir: str | Path) -> tuple[Path, dict[str, Verdict | None]]:
-    """Write ``out_dir/<sweep>/curves.png``, ``trend.png`` and ``out_dir/index.html``; return the page and
-    each sweep's verdict on its finding (None for a sweep that states none)."""
+    """Write ``out_dir/<sweep>/curves.png``, ``trend.png`` (``snr.png`` for a gradient-SNR study) and
+    ``out_dir/index.html``; return the page and each sweep's verdict on its finding (None for a sweep that states
+    none)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sections, verdicts = [], {}
@@ -34,7 +36,10 @@ def write_report(store: Store, out_dir: str | Path) -> tuple[Path, dict[str, Ver
         folder = out / _slug(name)
         folder.mkdir(exist_ok=True)
         plot_curves(runs, folder / "curves.png", f"{name}: convergence along {', '.join(spec.axes) or 'the run'}")
-        plot_trend(runs, spec.finding, folder / "trend.png", spec.finding.statement if spec.finding else name)
+        if _snr_study(spec):
+            plot_snr([r.summary for r in runs], folder / "snr.png", spec.finding.statement)
+        else:
+            plot_trend(runs, spec.finding, folder / "trend.png", spec.finding.statement if spec.finding else name)
         verdict = check(spec.finding, [r.label for r in runs], [r.summary for r in runs]) if spec.finding else None
         verdicts[name] = verdict
         sections.append(_section(spec, runs, verdict, folder))
@@ -53,16 +58,27 @@ def _section(spec: SweepSpec, runs: list[StudyRun], verdict: Verdict | None, fol
     if spec.finding and verdict:
         parts.append(f"<p><b>Finding:</b> {html.escape(spec.finding.statement)}<br><b class='{verdict.word}'>"
                      f"The measured trend {verdict.word}</b>: {html.escape(verdict.detail)}</p>")
-    for figure in ("curves.png", "trend.png"):
+    for figure in ("curves.png", "snr.png" if _snr_study(spec) else "trend.png"):
         data = base64.b64encode((folder / figure).read_bytes()).decode()
         parts.append(f"<img alt='{spec.name} {figure}' src='data:image/png;base64,{data}'>")
+    if _snr_study(spec):
+        parts.append(_table(SLOPE_HEADER, slope_rows([run.summary for run in runs])))
     header = ("run", "status", "steps", "seeds", "final ||grad L||^2", "objective", "rate slope [interval]", "regime",
               "bound", "seconds")
-    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
-    for run in runs:
-        rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _cells(run)) + "</tr>")
-    parts.append("<table>" + "\n".join(rows) + "</table>")
+    parts.append(_table(header, [_cells(run) for run in runs]))
     return "\n".join(parts)
+
+
+def _snr_study(spec: SweepSpec) -> bool:
+    """Whether the study's finding is the gradient-SNR scaling (its trend figure is snr.png, with a slope table)."""
+    return spec.finding is not None and spec.finding.expect == "snr-scaling"
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """An HTML table of ``rows`` of text cells under ``header``."""
+    lines = ["<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    lines += ["<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+    return "<table>" + "\n".join(lines) + "</table>"
 
 
 def _cells(run: StudyRun) -> list[str]:

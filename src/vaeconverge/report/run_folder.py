@@ -26,17 +26,18 @@ class FinishedRun(Protocol):
 RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")
 
 
-def check_output_folder(out_dir: Path, option: str, *, overwrite: bool = False, holds_runs: bool = True) -> None:
+def check_output_folder(out_dir: Path, option: str, *, overwrite: bool = False, holds_runs: bool = True,
+                        overwrite_option: str = "--overwrite") -> None:
     """Refuse, before any work, an output folder that could not be written or would silently replace a run: a
     path that exists and is not a folder, a folder already holding a run (where ``holds_runs``, unless
-    ``overwrite``), or one whose nearest existing ancestor is not a writable folder. Creates nothing; a
-    :class:`ConfigError` for ``option`` names the problem."""
+    ``overwrite``, which the error calls ``overwrite_option``), or one whose nearest existing ancestor is not a
+    writable folder. Creates nothing; a :class:`ConfigError` for ``option`` names the problem."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(option, f"{out_dir} exists and is not a directory")
         present = [name for name in RUN_FILES if (out_dir / name).exists()]
         if present and holds_runs and not overwrite:
-            raise ConfigError(option, f"{out_dir} already holds a run ({', '.join(present)}); pass --overwrite "
+            raise ConfigError(option, f"{out_dir} already holds a run ({', '.join(present)}); pass {overwrite_option} "
                                       "to replace it")
     ancestor = out_dir.absolute()
     while not ancestor.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
-import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from ..bbvi.config import BBVIConfig
-from ..runtime import available_cores
+from ..runtime import available_cores, core_budget
 from .grid import Config
 from .store import Outcome
 
@@ -31,22 +30,23 @@ class Executor(Protocol):
     def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]: ...
 
 
-def execute(task: Task, threads: int | None = None) -> Outcome:
-    """Train one run (a VAE, or BBVI) and turn whatever happens into an :class:`Outcome` (the worker's whole job);
-    a run cut short by an interrupt is no outcome: it raises KeyboardInterrupt, and the sweep stops."""
+def execute(task: Task, cores: int | None = None) -> Outcome:
+    """Train one run (a VAE, or BBVI) on at most ``cores`` cores (its share of the machine; threads are chosen
+    within it unless its configuration names them) and turn whatever happens into an :class:`Outcome` (the
+    worker's whole job); a run cut short by an interrupt is no outcome: it raises KeyboardInterrupt, and the
+    sweep stops."""
     from ..bbvi import train as train_bbvi
     from ..data import load_dataset
     from ..engine import TrainingDiverged, train
 
     run_id, config = task
-    if threads is not None and config.threads is None:
-        config = dataclasses.replace(config, threads=threads)
     start = time.perf_counter()
     try:
-        if isinstance(config, BBVIConfig):
-            result = train_bbvi(config, progress=False)
-        else:
-            result = train(config, load_dataset(config, progress=False), progress=False)
+        with core_budget(cores) if cores is not None else contextlib.nullcontext():
+            if isinstance(config, BBVIConfig):
+                result = train_bbvi(config, progress=False)
+            else:
+                result = train(config, load_dataset(config, progress=False), progress=False)
     except TrainingDiverged as exc:
         return Outcome(run_id, "diverged", time.perf_counter() - start, error=str(exc), diverged_step=exc.step)
     except Exception as exc:  # a failing run is recorded, and the sweep goes on
@@ -67,7 +67,7 @@ class InProcess:
 
 class ProcessPool:
     """``jobs`` worker processes (spawned, so nothing of the driver's state leaks in); each run gets
-    cores / jobs intra-op threads unless its configuration says otherwise. At most ``jobs`` runs are handed
+    at most cores / jobs intra-op threads unless its configuration says otherwise. At most ``jobs`` runs are handed
     out at a time, so the store's ``running`` rows are the runs actually running.
 
     Each worker is a pool of its own, so that one dying (killed, out of memory) breaks no other run: its run is
@@ -78,7 +78,7 @@ class ProcessPool:
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1 (got {jobs})")
         self.jobs = jobs
-        self.threads = max(1, available_cores() // jobs)
+        self.cores = max(1, available_cores() // jobs)
 
     def run(self, tasks: Iterable[Task], started: Callable[[str], None]) -> Iterator[Outcome]:
         idle: list[futures.ProcessPoolExecutor] = []  # workers waiting for a run
@@ -88,7 +88,7 @@ class ProcessPool:
             def submit(task: Task) -> futures.Future[Outcome]:
                 pool = idle.pop() if idle else workers.enter_context(_worker())
                 try:
-                    future = pool.submit(execute, task, self.threads)
+                    future = pool.submit(execute, task, self.cores)
                 except futures.process.BrokenProcessPool:  # its worker died between two runs: start another
                     pool.shutdown()
                     return submit(task)

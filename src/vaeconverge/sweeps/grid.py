@@ -13,12 +13,15 @@ order of the axes, and in any later version of vaeconverge that adds options.
     [zip]                          # these axes vary together (equal lengths), crossed with the grid
     optimizer = ["sgd", "adam"]
     lr = [0.05, 1e-3]
-    [quick]                        # optional: fewer values of some axes for the study's quick version
-    batch_size = [16, 256]
+    [quick]                        # optional: the study's quick version (reproduce --quick): fewer values of
+    batch_size = [16, 256]         # some axes (a list), and options of its own (a single value: steps = 300)
     [finding]                      # optional: what the theory or the paper predicts, checked by the report
     statement = "Larger batches end lower: the bound's noise term falls as 1/B."
     metric = "grad_sq_norm"        # a key of summary.json (dots for nested keys)
     expect = "decreasing"          # in the order of the runs: decreasing | increasing | lowest-at | all-true
+                                   # | snr-scaling (metric "snr": log SNR against log K and log B, report/snr.py)
+
+A top-level ``quick_by_default = false`` leaves the study out of ``reproduce --quick`` unless ``--study`` names it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from ..bbvi.config import BBVIConfig
 from ..config import ConfigError, RunConfig
 from ..engine.recorder import SUMMARY_KEYS
 
-TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "quick", "finding")
-EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true")
+TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "quick", "finding", "quick_by_default")
+EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true", "snr-scaling")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
 # What a study's runs are, by the optional ``kind`` key of its [base]: VAEs (``vaeconverge train``) by default,
 # or black-box variational inference (``vaeconverge bbvi``).
@@ -85,6 +88,8 @@ class SweepSpec:
     source: str = ""  # the TOML text, kept so that a store can say what it ran
     kind: str = "vae"  # a key of KINDS
     quick: dict[str, list[Any]] = field(default_factory=dict)  # axes' values in the quick version (reproduce)
+    quick_base: dict[str, Any] = field(default_factory=dict)  # options of the quick version's base
+    quick_by_default: bool = True  # whether reproduce --quick runs it without being named
 
     @property
     def axes(self) -> list[str]:
@@ -92,9 +97,10 @@ class SweepSpec:
         return [*self.grid, *self.zipped]
 
     def quickened(self, base: dict[str, Any]) -> SweepSpec:
-        """The study's quick version: ``base`` options over its own, and its ``[quick]`` axis values."""
+        """The study's quick version: ``base`` options over its own, then its ``[quick]`` options and axis values."""
         return dataclasses.replace(
-            self, base={**self.base, **base}, grid={k: self.quick.get(k, v) for k, v in self.grid.items()},
+            self, base={**self.base, **base, **self.quick_base},
+            grid={k: self.quick.get(k, v) for k, v in self.grid.items()},
             zipped={k: self.quick.get(k, v) for k, v in self.zipped.items()})
 
     def label(self, config: Config) -> str:
@@ -159,16 +165,25 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise SpecError(f"{source}: name", "must be a non-empty string")
-    quick = _axes(raw.get("quick", {}), "quick", source, known)
+    quick_table = _options(raw.get("quick", {}), "quick", source, known)
+    quick_base = {key: value for key, value in quick_table.items() if not isinstance(value, list)}
+    quick = _axes({key: value for key, value in quick_table.items() if key not in quick_base}, "quick", source, known)
     for key in quick:
         if key not in grid and key not in zipped:
             raise SpecError(f"{source}: quick.{key}",
                             f"not an axis of the sweep (its axes: {', '.join([*grid, *zipped])})")
+    for key in quick_base:
+        if key in grid or key in zipped:
+            raise SpecError(f"{source}: quick.{key}", "is an axis: give its quick values as a list")
+    quick_by_default = raw.get("quick_by_default", True)
+    if not isinstance(quick_by_default, bool):
+        raise SpecError(f"{source}: quick_by_default", f"must be true or false (got {quick_by_default!r})")
     if quick.keys() & zipped.keys() and (quick.keys() & zipped.keys() != zipped.keys()
                                          or len({len(quick[k]) for k in zipped}) > 1):
         raise SpecError(f"{source}: quick", f"gives the zipped axes {', '.join(zipped)} together, of equal lengths")
     finding = _finding(raw["finding"], source) if "finding" in raw else None
-    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text, kind, quick)
+    spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text, kind, quick,
+                     quick_base, quick_by_default)
     for version in (spec, spec.quickened({})):
         if finding is not None and finding.expect == "lowest-at":
             labels = [version.label(config) for config in version.runs()]
@@ -203,6 +218,8 @@ def _finding(table: Any, source: str) -> Finding:
     if (table["expect"] == "lowest-at") != ("at" in table):
         raise SpecError(f"{source}: finding.at", "names the run (its label, e.g. 'softclip_s=5') exactly when "
                                                  "expect is lowest-at")
+    if table["expect"] == "snr-scaling" and table["metric"] != "snr":
+        raise SpecError(f"{source}: finding.metric", f"is 'snr' for expect = 'snr-scaling' (got {table['metric']!r})")
     if table.get("reference") not in (None, "1/x"):
         raise SpecError(f"{source}: finding.reference", f"the only reference is '1/x' (got {table['reference']!r})")
     if table["metric"].split(".")[0] not in SUMMARY_KEYS:

@@ -1,8 +1,8 @@
 """A sweep's runs as Ray tasks, on a local Ray instance or a cluster (``vaeconverge sweep --executor ray``).
 
 Each run (one configuration with all its seeds) is one task reserving ``cpus_per_run`` CPUs and
-``gpus_per_run`` GPUs, and trains on ``cpus_per_run`` intra-op threads, pinned as the process pool pins its
-workers', so that a run's numbers do not depend on the executor. Tasks return their :class:`Outcome`; the
+``gpus_per_run`` GPUs, and trains within ``cpus_per_run`` cores, as the process pool bounds its workers', so
+that a run's numbers do not depend on the executor. Tasks return their :class:`Outcome`; the
 driver alone writes the store. A task whose worker dies (killed, out of memory, its node lost) is run again by
 Ray up to ``retries`` times, then recorded failed with the reason; a run that fails or diverges in training
 returns that as its outcome and is not retried. Ray is optional: ``pip install 'vaeconverge[ray]'``.

@@ -1,43 +1,55 @@
-"""``vaeconverge reproduce``: the paper's hyperparameter studies (``vaeconverge/experiments/*.toml``) run as
-sweeps into one store, then the report. ``quick`` shortens every run so that the six studies finish in
-minutes on two cores; ``data`` swaps the embedded digits for another data set."""
+"""``vaeconverge reproduce``: the paper's studies (``vaeconverge/experiments/*.toml``) run as sweeps into one
+store, then the report. ``quick`` shortens every run so that the six hyperparameter studies finish in minutes on
+two cores (a study with ``quick_by_default = false``, such as the gradient-SNR ones, runs quick only when named);
+``studies`` picks studies by name; ``data`` swaps the embedded digits for another data set."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from ..config import ConfigError
 from .executors import build_executor
 from .grid import SweepSpec, parse_spec
 from .runner import check_data, run_sweeps
 from .store import Store
 
 # What --quick changes in every study: fewer steps, and the 4 seeds below which a rate's regime is undetermined
-# (a trend is decided by the seeds, paired); each study's own [quick] table trims its axes.
+# (a trend is decided by the seeds, paired); each study's own [quick] table trims its axes and may set options
+# of its own, which take precedence.
 QUICK = {"steps": 1500, "seeds": [0, 1, 2, 3]}
 STORE_NAME = "results.db"
 
 
-def paper_studies(quick: bool = False, data: str | None = None, device: str | None = None) -> list[SweepSpec]:
-    """The six studies, in file-name order, with the ``quick``, ``data`` and ``device`` overrides applied to
-    their base (the device changes where runs execute, not their identity in the store)."""
+def paper_studies(quick: bool = False, data: str | None = None, device: str | None = None,
+                  studies: Sequence[str] = ()) -> list[SweepSpec]:
+    """The studies named by ``studies`` (default: every one, less those not quick by default when ``quick``), in
+    file-name order, with the ``quick``, ``data`` and ``device`` overrides applied to their base (the device
+    changes where runs execute, not their identity in the store); an unknown name is a ConfigError."""
     folder = resources.files("vaeconverge") / "experiments"
+    every = [parse_spec(entry.read_text(), f"experiments/{entry.name}")
+             for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".toml")]
+    names = [spec.name for spec in every]
+    for name in studies:
+        if name not in names:
+            raise ConfigError("--study", f"no study {name!r}; the studies are {', '.join(names)}")
     specs = []
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".toml"):
-            spec = parse_spec(entry.read_text(), f"experiments/{entry.name}")
-            spec = spec.quickened(QUICK) if quick else spec
-            overrides = {key: value for key, value in (("data", data), ("device", device)) if value}
-            specs.append(dataclasses.replace(spec, base={**spec.base, **overrides}))
+    for spec in every:
+        if (spec.name not in studies) if studies else (quick and not spec.quick_by_default):
+            continue
+        spec = spec.quickened(QUICK) if quick else spec
+        overrides = {key: value for key, value in (("data", data), ("device", device)) if value}
+        specs.append(dataclasses.replace(spec, base={**spec.base, **overrides}))
     return specs
 
 
-def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool, device: str | None = None
-              ) -> Store:
-    """Run every study into ``out/results.db`` (resuming what it holds) and return the open store (closed again
-    if the sweeps stop on an error or an interrupt)."""
-    studies = paper_studies(quick, data, device)
+def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool, device: str | None = None,
+              studies: Sequence[str] = ()) -> Store:
+    """Run the studies (:func:`paper_studies`) into ``out/results.db`` (resuming what it holds) and return the open
+    store (closed again if the sweeps stop on an error or an interrupt)."""
+    studies = paper_studies(quick, data, device, studies)
     check_data(studies)
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out / STORE_NAME)
