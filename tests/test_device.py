@@ -19,10 +19,11 @@ TINY = {"hidden": 16, "depth": 1, "steps": 30, "eval_points": 3, "seeds": (0, 1)
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has CUDA")
-def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["train", "--device", "cuda", "--steps", "4", "--out", str(tmp_path / "run")]) == 2
+@pytest.mark.parametrize("command", ["train", "bbvi"])
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, command):
+    assert main([command, "--device", "cuda", "--steps", "4", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vaeconverge train: error: --device: cuda: this machine has no CUDA device")
+    assert err.startswith(f"vaeconverge {command}: error: --device: cuda: this machine has no CUDA device")
     assert "\n" not in err and not (tmp_path / "run").exists()
 
 
@@ -88,14 +89,6 @@ def test_on_cuda_replica_t_agrees_with_the_single_run_and_loads_on_the_host(tmp_
 # ------------------------------------------------------------------------------------------------------------ BBVI
 
 BBVI_TINY = {"steps": 20, "eval_points": 3, "eval_samples": 8, "seeds": (0, 1), "constants": False}
-
-
-@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
-def test_bbvi_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["bbvi", "--device", "cuda", "--steps", "4", "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("vaeconverge bbvi: error: --device: cuda: this machine has no CUDA device")
-    assert "\n" not in err and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("batch_size", [None, 10], ids=["full", "minibatch"])
