@@ -1,4 +1,4 @@
-"""Generalised soft-clipping: bounded, 1-Lipschitz, with an (s/4)-Lipschitz derivative (THEORY.md section 2)."""
+"""Generalised soft-clipping: bounded, 1-Lipschitz, with an (s/4)-Lipschitz derivative (docs/theory.md section 2)."""
 
 from __future__ import annotations
 

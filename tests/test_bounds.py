@@ -1,4 +1,4 @@
-"""The explicit bounds of THEORY.md sections 3-4: hand-computed values, identities between them, monotonicity."""
+"""The explicit bounds of docs/theory.md sections 3-4: hand-computed values, identities between them, monotonicity."""
 
 from __future__ import annotations
 

@@ -292,23 +292,28 @@ def test_console_script(tmp_path):
 
 
 def test_tensorboard_events_hold_the_metrics(tmp_path, capsys):
-    """--tensorboard writes every checkpoint's grad_sq_norm per seed and the seed mean, as metrics.csv has them."""
+    """--tensorboard writes one TensorBoard run per seed (DIR/seed-S) and their mean (DIR/mean), each with every
+    checkpoint's grad_sq_norm under the same tag, so that the seeds overlay, as metrics.csv has them."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, logs = tmp_path / "run", tmp_path / "tb"
     assert main(["train", "--hidden", "8", "--depth", "1", "--steps", "20", "--eval-every", "10", "--seeds", "2",
                  "--no-constants", "--quiet", "--out", str(out), "--tensorboard", str(logs)]) == 0
-    events = EventAccumulator(str(logs))
-    events.Reload()
+    assert sorted(p.name for p in logs.iterdir()) == ["mean", "seed-0", "seed-1"]
     with (out / "metrics.csv").open(newline="") as handle:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+    def logged(run: str) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(logs / run))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("grad_sq_norm")]
+
     for seed in (0, 1):
-        logged = [(e.step, e.value) for e in events.Scalars(f"grad_sq_norm/seed{seed}")]
         expected = [(int(r["step"]), r["grad_sq_norm"]) for r in rows if r["seed"] == seed]
-        assert [s for s, _ in logged] == [s for s, _ in expected] == [0, 10, 20]
-        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
-    mean = [e.value for e in events.Scalars("grad_sq_norm/mean")]
+        assert [s for s, _ in logged(f"seed-{seed}")] == [s for s, _ in expected] == [0, 10, 20]
+        assert [v for _, v in logged(f"seed-{seed}")] == pytest.approx([v for _, v in expected], rel=1e-6)
+    mean = [v for _, v in logged("mean")]
     assert mean[-1] == pytest.approx(sum(r["grad_sq_norm"] for r in rows if r["step"] == 20) / 2, rel=1e-6)
 
 

@@ -40,7 +40,7 @@ def test_a_stop_signal_writes_what_was_measured_and_exits_130(tmp_path, capsys, 
     assert main([*TRAIN, "--out", str(out)]) == 130
     assert {p.name for p in out.iterdir()} == OUTPUT_FILES
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True and summary["steps"] == 49  # the last completed step
+    assert summary["interrupted"] is True and summary["steps"] == 50  # the step it came in, completed, is the last
     assert "(interrupted)" in capsys.readouterr().out
 
 

@@ -1,11 +1,13 @@
 """The Python API: :func:`fit` trains a VAE, one replica per seed, and returns a :class:`Run`, which plots and saves
-itself; :func:`load_run` reads a saved run back. ``vaeconverge train`` is this API behind command-line flags."""
+itself; :func:`load_run` reads a saved run back, :func:`resume` continues it, and :func:`read_config` reads a run's
+options from a TOML file. ``vaeconverge train`` is this API behind command-line flags."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import os
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,8 +21,9 @@ from matplotlib.figure import Figure
 from .config import RunConfig, list_options
 from .data import array_dataset, load_dataset
 from .engine import TrainResult, train
-from .engine.checkpoint import load_replicas, write_checkpoint
+from .engine.checkpoint import load_replicas, load_resumable, write_checkpoint
 from .engine.outputs import read_run
+from .engine.train import data_digest, dataset_facts
 from .models import VAE
 from .report.figures import run_figure
 from .report.run_folder import FinishedRun, check_output_folder, write_run
@@ -56,6 +59,34 @@ def run_config(config: RunConfig | None = None, **options: Any) -> RunConfig:
     if "seeds" in options:
         options["seeds"] = _seed_list(options["seeds"], options.get("seed", base.seed))
     return dataclasses.replace(base, **list_options(options)).validate()
+
+
+def read_config(path: str | os.PathLike[str]) -> RunConfig:
+    """A run's configuration from a TOML file of the keys a sweep's ``[base]`` table takes: :class:`RunConfig`'s
+    fields (dashes or underscores), ``seeds`` a count or a list, and a ``[synthetic]`` table of the synthetic data's
+    sizes; every option not given keeps its default.
+
+    Raises:
+        ConfigError: The file cannot be read or is not TOML, a key is no option, or a value is invalid; the message
+            names the file and the key.
+    """
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not text (byte {exc.start} is not UTF-8)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    options = {key.replace("-", "_"): value for key, value in values.items()}
+    if not isinstance(options.get("synthetic", {}), dict):
+        raise ConfigError(f"{path}: synthetic", "must be a table of the synthetic data's sizes ([synthetic])")
+    try:
+        return run_config(**options)
+    except ConfigError as exc:
+        key = exc.option.removeprefix("--").replace("-", "_")
+        raise ConfigError(f"{path}: {key if key in options else exc.option}", exc.problem) from None
 
 
 def _check_names(cls: type, options: dict[str, Any], what: str) -> None:
@@ -116,6 +147,69 @@ def fit(config: RunConfig | None = None, data: DataLike | None = None, *, progre
     else:
         dataset = load_dataset(config, progress=progress)
     return Run.from_result(train(config, dataset, progress=progress))
+
+
+def resume(directory: str | os.PathLike[str], steps: int | None = None, *, data: DataLike | None = None,
+           progress: bool = True, **options: Any) -> Run:
+    """Continue the run saved in ``directory`` (by ``vaeconverge train`` or :meth:`Run.save`) up to ``steps`` steps in
+    all, as it would have gone on had it never stopped.
+
+    It goes on from checkpoint.pt with everything its loop depends on: the weights, the optimizer and the schedule,
+    each replica's batch order and random streams, and the measurements so far with their clock. It keeps every
+    checkpoint it measured, and after its last step n1 it evaluates where a run of ``steps`` steps would; its
+    constants are those probed where that run probes them (at 0, steps / 2 and steps), or, where steps / 2 fell
+    before n1 unprobed, every probe taken (more probes err on the safe side). So it equals the run trained straight
+    to ``steps`` when the two evaluated at the same steps up to n1 (as with ``eval_every`` E and n1 a multiple of
+    E) and ``steps`` is at least 2 n1.
+
+    Args:
+        directory: The run folder. Nothing in it changes: save the continued run (``Run.save(directory,
+            overwrite=True)`` updates it in place).
+        steps: The new total; None: the run's own ``steps`` (which finishes an interrupted run).
+        data: As :func:`fit` takes it: a run fitted on an array in memory needs the array again; any other run
+            reads its own data again (checked to have the shape it had), and a name or path given must be its own.
+        progress: Show progress.
+        **options: :class:`RunConfig` fields the caller states (as :func:`run_config` takes them); each must be the
+            run's own, which a resumed run keeps.
+
+    Returns:
+        The continued run.
+
+    Raises:
+        CheckpointError: checkpoint.pt is missing, damaged, or holds no loop state.
+        ConfigError: ``steps`` is not above the run's, an option differs from the run's, or the data do.
+        TrainingDiverged: The objective of a replica stopped being finite.
+    """
+    state, config = load_resumable(Path(directory) / "checkpoint.pt")
+    done = state["step"]
+    if isinstance(data, str | os.PathLike):
+        options["data"], data = os.fspath(data), None
+    asked = run_config(config, **options, **({} if steps is None else {"steps": steps}))
+    for field in dataclasses.fields(RunConfig):
+        if field.name != "steps" and getattr(asked, field.name) != getattr(config, field.name):
+            raise ConfigError("--" + field.name.replace("_", "-"),
+                              f"the run in {directory} has {getattr(config, field.name)!r}; a resumed run keeps its "
+                              "configuration (only --steps, the new total, changes)")
+    if asked.steps <= done:
+        raise ConfigError("--steps", f"the run in {directory} is already at {done} steps"
+                          + ("; give a larger total" if steps is None else f" (got {steps}, the new total)"))
+    if config.data == IN_MEMORY:
+        if data is None:
+            raise ConfigError("data", "this run was fitted on an array in memory; pass it again as data=...")
+        dataset = array_dataset(data, asked)
+    elif data is not None:
+        raise ConfigError("data", f"this run reads its data ({config.data}) itself; an array is for a run fitted on "
+                                  "an array in memory")
+    else:
+        dataset = load_dataset(asked, progress=progress)
+    trained_on, now = state["loop"]["data"], {**dataset_facts(dataset), "digest": data_digest(dataset)}
+    if (now["n"], now["dim"]) != (trained_on["n"], trained_on["dim"]):
+        raise ConfigError("--data", f"the data read now ({now['n']} x {now['dim']}) are not those the run trained on "
+                                    f"({trained_on['n']} x {trained_on['dim']}); a run resumes on its own data")
+    if now["digest"] != trained_on.get("digest"):
+        raise ConfigError("--data", f"the data read now ({config.data}) hold other values than those the run "
+                                    "trained on; a run resumes on its own data")
+    return Run.from_result(train(asked, dataset, progress=progress, resume_from=state))
 
 
 class Run:

@@ -1,16 +1,16 @@
-"""Run configuration: one frozen dataclass holding every option, validated before anything runs."""
+"""Run configuration: one frozen dataclass holding every option, validated before anything runs.
+
+The registries the options name (networks, objectives, optimizers) are imported where a configuration is checked,
+not here: reading the defaults (the command line's ``--help``) costs no torch."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .nn import ACTIVATIONS, MODELS, model_spec
-from .objectives import OBJECTIVES, objective_options
-from .optim import OPTIMIZERS, bound_family, optimizer_spec, uncovered_reason
+from .registry import lazy_exports
 from .runtime import DEVICES
-from .theory.run import AssessedRun
 from .validation import (
     ConfigError,
     as_tuple,
@@ -22,6 +22,16 @@ from .validation import (
     check_snr_draws,
     check_threads,
 )
+
+if TYPE_CHECKING:
+    from .nn import ACTIVATIONS as ACTIVATIONS
+    from .nn import MODELS as MODELS
+    from .objectives import OBJECTIVES as OBJECTIVES
+    from .optim import OPTIMIZERS as OPTIMIZERS
+    from .theory.run import AssessedRun
+
+# The registries the options name, importable from here too: loaded on first use.
+lazy_exports(__name__, {"ACTIVATIONS": ".nn", "MODELS": ".nn", "OBJECTIVES": ".objectives", "OPTIMIZERS": ".optim"})
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 SCHEDULES = ("constant", "sqrt", "epoch-sqrt")
@@ -96,10 +106,16 @@ class RunConfig:
     @property
     def layers(self) -> int:
         """Layers of the encoder and decoder networks (the N of the paper's N a^(2(N-1)) term)."""
+        from .nn import model_spec
+
         return 1 if model_spec(self.model).linear else self.depth + 1
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
+        from .nn import ACTIVATIONS, MODELS
+        from .objectives import OBJECTIVES, objective_options
+        from .optim import OPTIMIZERS
+
         check_choice("--model", self.model, MODELS)
         check_choice("--activation", self.activation, ACTIVATIONS)
         check_choice("--likelihood", self.likelihood, LIKELIHOODS)
@@ -168,6 +184,11 @@ class RunConfig:
 
     def assessed(self) -> AssessedRun:
         """What the theory reads of this run."""
+        from .nn import ACTIVATIONS, model_spec
+        from .objectives import OBJECTIVES
+        from .optim import bound_family, uncovered_reason
+        from .theory.run import AssessedRun
+
         linear = model_spec(self.model).linear
         return AssessedRun(
             optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
@@ -193,6 +214,8 @@ def list_options(values: dict[str, Any]) -> dict[str, Any]:
 def check_seeds(seeds: tuple[int, ...], optimizer: str, option: str = "--seeds") -> None:
     """Replica seeds must be distinct integers in torch's range, and the optimizer must not couple several;
     ``option`` is the flag that gave them (``--seed`` for a single one)."""
+    from .optim import optimizer_spec
+
     for seed in seeds:
         check_seed(option, seed)
     if len(set(seeds)) != len(seeds):

@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-
-import torch
+from typing import TYPE_CHECKING
 
 from .validation import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where used, so that reading DEVICES or the cores (--help) costs no torch
+    import torch
 
 
 def _allowed_cpus() -> list[int]:
@@ -106,6 +108,8 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(name: str) -> torch.device:
     """The device ``--device`` names: ``auto`` is CUDA where torch sees a GPU, else the CPU; ``cuda`` without
     one is a :class:`ConfigError`."""
+    import torch
+
     if name not in DEVICES:
         raise ConfigError("--device", f"unknown value {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
@@ -153,6 +157,8 @@ def _size(nbytes: float) -> str:
 @contextmanager
 def intra_op_threads(count: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(count)``, restoring the previous count afterwards."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -186,6 +192,8 @@ def _set_flush_denormal_everywhere(on: bool) -> None:
     by then. With GNU OpenMP the call is run once on every thread of a team the size of the pool; elsewhere
     only the calling thread is set.
     """
+    import torch
+
     torch.set_flush_denormal(on)
     parallel, threads = _gomp_parallel(), torch.get_num_threads()
     if parallel is not None and threads > 1:
@@ -211,6 +219,8 @@ def _set_flush_denormal_everywhere(on: bool) -> None:
 
 def flushes_denormals() -> bool:
     """Whether the calling thread flushes denormal floats to zero."""
+    import torch
+
     return torch.tensor(torch.finfo(torch.float32).tiny / 2).mul(1.0).item() == 0.0
 
 

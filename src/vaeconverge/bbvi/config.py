@@ -1,15 +1,15 @@
 """The options of one BBVI run: a frozen dataclass validated before anything runs, with errors that name the
-CLI flag (the same :class:`~vaeconverge.config.ConfigError` as ``vaeconverge train``)."""
+CLI flag (the same :class:`~vaeconverge.config.ConfigError` as ``vaeconverge train``). The targets, families,
+objectives and optimizers are imported where a configuration is checked: reading the defaults costs no torch."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import (
     DENORMALS,
-    OPTIMIZERS,
     SCHEDULES,
     ConfigError,
     check_choice,
@@ -19,13 +19,11 @@ from ..config import (
     check_threads,
     list_options,
 )
-from ..optim import bound_family, uncovered_reason
 from ..runtime import DEVICES
-from ..theory.run import AssessedRun
 from ..validation import check_snr_draws
-from .families import FAMILIES
-from .objectives import OBJECTIVES
-from .targets import BUILTIN_TARGETS, build_target
+
+if TYPE_CHECKING:
+    from ..theory.run import AssessedRun
 
 KIND = "bbvi"  # the ``kind`` key that marks a BBVI configuration in a sweep file and in a result store
 
@@ -72,6 +70,9 @@ class BBVIConfig:
     def assessed(self) -> AssessedRun:
         """What the theory reads of this run. One draw of the parameters serves a whole minibatch, so the
         gradient noise lacks the VAE's per-example form (no (B, K) allocation is predicted)."""
+        from ..optim import bound_family, uncovered_reason
+        from ..theory.run import AssessedRun
+
         flow = self.family == "planar-flow"
         return AssessedRun(
             optimizer=self.optimizer, bound_family=bound_family(self.optimizer), lr=self.lr,
@@ -84,6 +85,11 @@ class BBVIConfig:
 
     def validate(self) -> BBVIConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
+        from ..optim import OPTIMIZERS
+        from .families import FAMILIES
+        from .objectives import OBJECTIVES
+        from .targets import BUILTIN_TARGETS, build_target
+
         check_choice("--target", self.target, tuple(BUILTIN_TARGETS))
         check_choice("--family", self.family, FAMILIES)
         check_choice("--objective", self.objective, OBJECTIVES)

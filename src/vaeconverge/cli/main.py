@@ -10,15 +10,11 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from .. import config as cfg
-from ..api import run_config
 from ..config import ConfigError, RunConfig, SyntheticConfig
-from ..objectives import ESTIMATORS
-from ..optim import DEFAULT_EPS
-from ..report.readings import bound_text, grad_text, rate_text
 from ..runtime import DEVICES, available_cores, graceful_stop
 
 if TYPE_CHECKING:
@@ -30,10 +26,69 @@ DEVICE_HELP = ("where the replicas train: auto (default) is CUDA where torch see
                "stay on the host and go to the device a batch at a time")
 DENORMALS_HELP = ("flush (default): denormal floats are zero while training, which keeps Adam from slowing down "
                   "several-fold once moments of weights with zero gradients decay into them; keep: IEEE arithmetic")
+OPTIMIZER_HELP = ("the update; sgd, adam-defossez and adagrad are the recursions a convergence bound covers (adam and "
+                  "torch-adagrad are torch's, which differ from them)")
+BETAS_HELP = "the decay rates of Adam's first and second moments"
+SCHEDULE_HELP = "constant | sqrt: lr * n^-power per iteration | epoch-sqrt: lr / (epoch+1)^power"
+
+# The built-in entries that options choose from, by (module, name) of their registry or list: written out so that
+# building the parser (and so --help) imports no torch. tests/test_cli_help.py checks them against their sources.
+BUILTIN_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("vaeconverge.nn", "MODELS"): ("linear", "mlp", "conv32", "conv64"),
+    ("vaeconverge.nn", "ACTIVATIONS"): ("relu", "softclip"),
+    ("vaeconverge.objectives", "OBJECTIVES"): ("elbo", "iwae", "vr-iwae"),
+    ("vaeconverge.objectives", "ESTIMATORS"): ("standard", "dreg"),
+    ("vaeconverge.optim", "OPTIMIZERS"): ("sgd", "adam", "adam-defossez", "amsgrad", "adamw", "nadam", "radam",
+                                          "adamax", "rmsprop", "adagrad", "torch-adagrad", "adafactor"),
+    ("vaeconverge.bbvi.targets", "BUILTIN_TARGETS"): ("linear-regression", "logistic-regression", "mixture"),
+    ("vaeconverge.bbvi.families", "FAMILIES"): ("mean-field", "full-rank", "planar-flow"),
+    ("vaeconverge.bbvi.objectives", "OBJECTIVES"): ("elbo", "iwae"),
+}
+DEFAULT_EPS = 1e-8  # optim.DEFAULT_EPS, the Defossez recursions' epsilon, for the same reason (and the same test)
+
+
+def choices_of(module: str, name: str) -> list[str]:
+    """The names ``module.name`` holds: read from the module where it is loaded, so that an entry a program
+    registered is a choice, else its built-in ones (:data:`BUILTIN_CHOICES`)."""
+    loaded = sys.modules.get(module)
+    return list(getattr(loaded, name) if loaded is not None else BUILTIN_CHOICES[module, name])
+
+
+def shown_default(action: argparse.Action) -> str | None:
+    """An option's default as its help gives it; None where it has none worth showing (a flag, None, an empty list)
+    or its help already speaks of it."""
+    default = action.default
+    if (action.nargs == 0 or default is None or default is argparse.SUPPRESS or default == []
+            or "default" in (action.help or "")):
+        return None
+    return " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option's text with its default, where :func:`shown_default` gives one; the CLI
+    reference (``cli/reference.py``) reads an option's text and form from it too."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = shown_default(action)
+        if default is None:
+            return action.help
+        return f"{action.help} (default: {default.replace('%', '%%')})"
+
+    def help_text(self, action: argparse.Action) -> str:
+        """The text ``--help`` gives ``action``, default included, unwrapped."""
+        return self._expand_help(action) if action.help else ""
+
+    def invocation(self, action: argparse.Action) -> str:
+        """How ``action`` is written, as ``--help`` shows it: ``--adam-betas B1 B2``, ``--model {linear,mlp,...}``."""
+        return self._format_action_invocation(action)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr, not the usage block."""
+    """argparse, but a usage error is one line on stderr, not the usage block, and every command's help gives the
+    defaults (:class:`DefaultsFormatter`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=DefaultsFormatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -84,6 +139,33 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a VAE, one replica per seed; write metrics.csv, bands.csv, summary.json, "
                                    "convergence.png and "
                                    "checkpoint.pt into --out.")
+
+    def recording(action: type[argparse.Action]) -> type[argparse.Action]:
+        class Given(action):  # type: ignore[misc, valid-type]
+            def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                         option_string: str | None = None) -> None:
+                super().__call__(parser, namespace, values, option_string)
+                namespace.given = namespace.given | {self.dest}
+
+        return Given
+
+    # Each option notes that the command line gave it (in args.given): those override --config's file, and with
+    # --resume they must agree with the run's.
+    for kind, action in ((None, argparse._StoreAction), ("store", argparse._StoreAction),
+                         ("store_true", argparse._StoreTrueAction), ("store_false", argparse._StoreFalseAction)):
+        p.register("action", kind, recording(action))
+    p.set_defaults(given=frozenset())
+    p.add_argument("--config", type=Path, metavar="RUN.toml",
+                   help="read the options from this TOML file, whose keys are those of a sweep's [base] table "
+                        "(batch_size = 64, seeds = 3, a [synthetic] table, ...); options given here override it")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue the run in DIR from its checkpoint.pt up to --steps, the new total (default: the "
+                        "run's own, which finishes an interrupted run), and write it back into DIR; every other "
+                        "training option is the run's. It keeps the checkpoints DIR measured and then evaluates "
+                        "where a run of the new total would, so it equals that run trained straight through when "
+                        "their checkpoints agree up to where it stopped (e.g. --eval-every E, stopped at a multiple "
+                        "of E) and the new total is at least twice the old (the constants are probed at 0, n/2 "
+                        "and n)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data,
                    help="digits | synthetic-linear | mnist | fashion-mnist | cifar100 | celeba (from --data-dir) | "
@@ -97,36 +179,41 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-seed", type=int, default=s.seed, help="synthetic-linear: seed of the data")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=list(cfg.MODELS), default=d.model)
-    g.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    g.add_argument("--model", choices=choices_of("vaeconverge.nn", "MODELS"), default=d.model,
+                   help="the encoder and decoder networks: linear (the linear VAE, pPCA's), an MLP, or the "
+                        "paper's convolutional networks of 32 x 32 and 64 x 64 colour images")
+    g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="dimension of the latent z")
     g.add_argument("--hidden", type=int, default=d.hidden, help="mlp: hidden units per layer")
     g.add_argument("--depth", type=int, default=d.depth, help="mlp: hidden layers in encoder and decoder")
-    g.add_argument("--activation", choices=list(cfg.ACTIVATIONS), default=d.activation)
+    g.add_argument("--activation", choices=choices_of("vaeconverge.nn", "ACTIVATIONS"), default=d.activation,
+                   help="of the hidden layers: softclip is smooth, as the convergence theorems assume; relu is not")
     g.add_argument("--softclip-s", type=float, default=d.softclip_s, help="soft-clipping sharpness s")
     g.add_argument("--softclip-s1", type=float, default=d.softclip_s1, help="soft-clipping lower bound")
     g.add_argument("--softclip-s2", type=float, default=d.softclip_s2, help="soft-clipping upper bound")
-    g.add_argument("--likelihood", choices=cfg.LIKELIHOODS, default=d.likelihood)
+    g.add_argument("--likelihood", choices=cfg.LIKELIHOODS, default=d.likelihood,
+                   help="the decoder's distribution of x given z")
     g.add_argument("--decoder-std", type=float, default=d.decoder_std,
                    help="gaussian: c (default 1); with --learn-variance its start (default: the data's std)")
     g.add_argument("--learn-variance", action="store_true", help="gaussian: learn c")
 
     g = p.add_argument_group("objective")
-    g.add_argument("--objective", choices=list(cfg.OBJECTIVES), default=d.objective)
+    g.add_argument("--objective", choices=choices_of("vaeconverge.objectives", "OBJECTIVES"), default=d.objective,
+                   help="elbo | iwae: the importance-weighted bound | vr-iwae: its Renyi form (needs --alpha)")
     g.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples per example")
     g.add_argument("--beta", type=float, default=d.beta, help="KL weight (elbo)")
     g.add_argument("--alpha", type=float, default=d.alpha,
                    help="vr-iwae (needed): Renyi order in [0, 1); 0 is IWAE, larger trades tightness for encoder SNR")
-    g.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
+    g.add_argument("--estimator", choices=choices_of("vaeconverge.objectives", "ESTIMATORS"), default=d.estimator,
                    help="iwae: gradient estimator; dreg is doubly reparameterised (its encoder SNR grows with K)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="B")
-    g.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default=d.optimizer)
+    g.add_argument("--optimizer", choices=choices_of("vaeconverge.optim", "OPTIMIZERS"), default=d.optimizer,
+                   help=OPTIMIZER_HELP)
     g.add_argument("--lr", type=float, default=d.lr, help="base step size (C_gamma)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="sgd and rmsprop momentum")
-    g.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"))
-    g.add_argument("--schedule", choices=cfg.SCHEDULES, default=d.schedule,
-                   help="constant | sqrt: lr * n^-power per iteration | epoch-sqrt: lr / (epoch+1)^power")
+    g.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"), help=BETAS_HELP)
+    g.add_argument("--schedule", choices=cfg.SCHEDULES, default=d.schedule, help=SCHEDULE_HELP)
     g.add_argument("--schedule-power", type=float, default=d.schedule_power, help="the exponent alpha")
     g.add_argument("--steps", type=int, default=d.steps, help="iterations n")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the run (the first seed with --seeds T)")
@@ -153,9 +240,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     _snr_options(g, d.snr_draws, "the encoder's and the decoder's")
     g.add_argument("--out", type=output_path, default=Path("runs/train"), help="output directory")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar on a terminal; elsewhere, as in a log, one line per checkpoint)")
     g.add_argument("--tensorboard", type=output_path, metavar="DIR",
-                   help="also write the scalars as TensorBoard events into DIR (needs the tensorboard package)")
+                   help="also write the scalars as TensorBoard events, one run per seed (DIR/seed-S) and their mean "
+                        "(DIR/mean) (needs the tensorboard package)")
+    g.add_argument("--mlflow", metavar="URI",
+                   help="also log the run to MLflow at this tracking URI, e.g. sqlite:///mlruns.db (artifacts go "
+                        "into mlartifacts/ beside it): the options, each checkpoint's metrics (one nested run per "
+                        "seed), the readings and convergence.png (pip install 'vaeconverge[mlflow]')")
     p.set_defaults(handler=_run_train)
 
 
@@ -170,29 +263,30 @@ def _snr_options(group: argparse._ActionsContainer, draws: int, groups: str) -> 
 
 def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
     from ..bbvi.config import BBVIConfig
-    from ..bbvi.families import FAMILIES
-    from ..bbvi.objectives import OBJECTIVES
-    from ..bbvi.targets import BUILTIN_TARGETS
 
     d = BBVIConfig()
     p = sub.add_parser("bbvi", help="black-box variational inference of a posterior, measured like train",
                        description="Fit a variational family to a target posterior by stochastic gradient on the "
                                    "ELBO or the importance-weighted bound, one replica per seed; write metrics.csv, "
                                    "bands.csv, summary.json, convergence.png and checkpoint.pt into --out.")
-    p.add_argument("--target", default=d.target, help=" | ".join(BUILTIN_TARGETS))
-    p.add_argument("--family", default=d.family, help=" | ".join(FAMILIES))
+    p.add_argument("--target", default=d.target,
+                   help="the posterior: " + " | ".join(choices_of("vaeconverge.bbvi.targets", "BUILTIN_TARGETS")))
+    p.add_argument("--family", default=d.family,
+                   help="the variational family: " + " | ".join(choices_of("vaeconverge.bbvi.families", "FAMILIES")))
     p.add_argument("--flow-layers", type=int, default=d.flow_layers, help="planar-flow: planar maps")
-    p.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective)
+    p.add_argument("--objective", choices=choices_of("vaeconverge.bbvi.objectives", "OBJECTIVES"), default=d.objective,
+                   help="elbo | iwae: the importance-weighted bound")
     p.add_argument("--samples", type=int, default=d.samples, help="K, Monte Carlo samples of w per step")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="B data per step (default: all N)")
-    p.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default=d.optimizer)
+    p.add_argument("--optimizer", choices=choices_of("vaeconverge.optim", "OPTIMIZERS"), default=d.optimizer,
+                   help=OPTIMIZER_HELP)
     p.add_argument("--lr", type=float, default=d.lr, help="base step size (C_gamma)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="sgd and rmsprop momentum")
-    p.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"))
-    p.add_argument("--schedule", choices=cfg.SCHEDULES, default=d.schedule)
+    p.add_argument("--adam-betas", type=float, nargs=2, default=d.adam_betas, metavar=("B1", "B2"), help=BETAS_HELP)
+    p.add_argument("--schedule", choices=cfg.SCHEDULES, default=d.schedule, help=SCHEDULE_HELP)
     p.add_argument("--schedule-power", type=float, default=d.schedule_power, help="the exponent alpha")
     p.add_argument("--steps", type=int, default=d.steps, help="iterations n")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the run (the first seed with --seeds T)")
     p.add_argument("--seeds", type=_seeds, default=None, metavar="T|S1,S2,...",
                    help="train T replicas (seeds --seed .. --seed+T-1), or the listed seeds, in one pass")
     p.add_argument("--threads", type=int, default=d.threads, help="intra-op threads (default 1)")
@@ -200,7 +294,8 @@ def _bbvi_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the family's replicas and the target's data live: auto (default) is CUDA where torch "
                         "sees a GPU, else the CPU")
     p.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="steps between full-gradient evaluations (default: --eval-points checkpoints)")
     p.add_argument("--eval-points", type=int, default=d.eval_points, help="checkpoints of the full gradient")
     p.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="Monte Carlo groups of K samples in the full objective at a checkpoint")
@@ -216,6 +311,7 @@ def _run_bbvi(args: argparse.Namespace) -> int:
     from ..bbvi.config import BBVIConfig
     from ..bbvi.train import train
     from ..engine import TrainingDiverged
+    from ..report.readings import bound_text, grad_text, rate_text
     from ..report.run_folder import check_output_folder, write_run
 
     fields = {k: v for k, v in vars(args).items() if k in BBVIConfig.__dataclass_fields__}
@@ -260,13 +356,14 @@ def _bound_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, help="iterations n")
     g.add_argument("--batch-size", type=int, default=1, help="B (scales --sigma2-x, --sigma2-eps)")
     g.add_argument("--samples", type=int, default=1, help="K (scales --sigma2-eps)")
-    g.add_argument("--optimizer", choices=list(cfg.OPTIMIZERS), default="sgd",
+    g.add_argument("--optimizer", choices=choices_of("vaeconverge.optim", "OPTIMIZERS"), default="sgd",
                    help="the bound of its recursion; refused where none applies (as for a run)")
-    g.add_argument("--schedule", choices=("constant", "sqrt"), default="sqrt")
-    g.add_argument("--schedule-power", type=float, default=0.5)
+    g.add_argument("--schedule", choices=("constant", "sqrt"), default="sqrt",
+                   help="constant | sqrt: lr * n^-power at iteration n")
+    g.add_argument("--schedule-power", type=float, default=0.5, help="the exponent alpha")
     g.add_argument("--R", type=float, help="adam/adagrad: bound on the gradients' coordinates")
     g.add_argument("--d", type=int, help="adam/adagrad: number of parameters")
-    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
+    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"), help=BETAS_HELP)
     g.add_argument("--eps", type=float, default=DEFAULT_EPS,
                    help="adam-defossez/adagrad: the recursion's epsilon, inside the square root")
     p.set_defaults(handler=_run_bound)
@@ -299,8 +396,8 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    help="local: this machine, as --jobs says; ray: Ray tasks, on a cluster with --address or "
                         "on a Ray instance started here (pip install 'vaeconverge[ray]')")
     p.add_argument("--jobs", type=int,
-                   help=f"local: runs at once; 1 runs them in this process, more in a pool of worker processes "
-                        f"(default: {available_cores()}, the cores)")
+                   help="local: runs at once; 1 runs them in this process, more in a pool of worker processes "
+                        "(default: the number of cores)")
     g = p.add_argument_group("ray (with --executor ray)")
     g.add_argument("--address", help="the cluster's head, HEAD:6379, or 'auto' for the cluster this machine "
                                      "belongs to (default: start a Ray instance here)")
@@ -308,12 +405,20 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gpus-per-run", type=float, help="GPUs each run reserves (default: 0)")
     g.add_argument("--retries", type=int, help="times a run whose worker died is run again (default: 1)")
     p.add_argument("--retry-failed", action="store_true", help="run the sweep's failed runs again")
+    p.add_argument("--tensorboard", type=output_path, metavar="DIR",
+                   help="write each finished run as a TensorBoard run DIR/RUN_ID: its curve, and its varied options "
+                        "with its final readings for the HParams tab (needs the tensorboard package)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="log each finished run to MLflow at this tracking URI, e.g. sqlite:///mlruns.db, in an "
+                        "experiment named after the sweep: its options, curve and final readings "
+                        "(pip install 'vaeconverge[mlflow]')")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.set_defaults(handler=_run_sweep)
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    from ..report.run_folder import check_output_folder
     from ..sweeps import SpecError, Store, StoreError, load_spec, run_sweep
     from ..sweeps.runner import check_data
 
@@ -333,9 +438,20 @@ def _run_sweep(args: argparse.Namespace) -> int:
         executor = _sweep_executor(args)
         if args.executor == "local":  # a cluster's workers may read data this machine does not hold
             check_data([spec])
+        finished = []
+        if args.tensorboard is not None:
+            from ..report.tensorboard import hparams_writer
+
+            check_output_folder(args.tensorboard, "--tensorboard", holds_runs=False)
+            finished.append(hparams_writer(args.tensorboard, spec.axes))
+        if args.mlflow is not None:
+            from ..report.mlflow_log import open_tracking
+
+            finished.append(open_tracking(args.mlflow, spec.name).sweep_logger(spec))
         with Store(args.store) as store:
             try:
-                counts = run_sweep(spec, store, executor, progress=not args.quiet, retry_failed=args.retry_failed)
+                counts = run_sweep(spec, store, executor, progress=not args.quiet, retry_failed=args.retry_failed,
+                                   finished=finished)
             except KeyboardInterrupt:
                 print(f"vaeconverge sweep: interrupted; {args.store} keeps the finished runs (those cut short are "
                       "queued again), and the same command resumes the sweep", file=sys.stderr)
@@ -393,7 +509,8 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
                        description="Regenerate, from the database alone, each sweep's figures and index.html "
                                    "(figures embedded, readable offline; per study, whether the measured trend "
                                    "agrees with its stated finding).")
-    p.add_argument("database", type=Path, metavar="results.db")
+    p.add_argument("database", type=Path, metavar="results.db",
+                   help="the result store of vaeconverge sweep or reproduce")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="output directory")
     p.set_defaults(handler=_run_report)
 
@@ -432,10 +549,19 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
                         "when named by --study)")
     p.add_argument("--study", dest="studies", action="append", default=[], metavar="NAME",
                    help="run only this study (repeatable), e.g. --study snr")
+    p.add_argument("--paper", action="store_true",
+                   help="instead, the paper's own protocol: its CelebA activation and CIFAR-100 IWAE studies (conv "
+                        "nets, latent 100, B = 256, 100 epochs) on the data in --data-dir; prints each run's "
+                        "estimated time first and, on a CPU, stops above 2 hours unless --yes")
+    p.add_argument("--epochs", type=int, help="--paper: epochs per run (default: 100, the paper's)")
+    p.add_argument("--yes", action="store_true", help="--paper: run even when the estimate exceeds the CPU limit")
     p.add_argument("--data", help="data for every study instead of the embedded digits (as train's --data)")
+    p.add_argument("--data-dir", help="folder of the local data sets (default: $VAECONVERGE_DATA or ./data)")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
-    p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce, runs/reproduce-quick)")
-    p.add_argument("--jobs", type=int, default=available_cores(), help="runs at once (default: %(default)s, the cores)")
+    p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce, runs/reproduce-quick, "
+                                            "runs/reproduce-paper)")
+    p.add_argument("--jobs", type=int, help="runs at once (default: the number of cores; 1 with --paper, "
+                                            "whose runs each fill the device)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_reproduce)
 
@@ -446,13 +572,16 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     from ..sweeps import SpecError, StoreError
     from ..sweeps.reproduce import reproduce
 
-    if args.jobs < 1:
-        raise ConfigError("--jobs", f"must be at least 1 (got {args.jobs})")
-    out = args.out or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
+    jobs = args.jobs if args.jobs is not None else 1 if args.paper else available_cores()
+    if jobs < 1:
+        raise ConfigError("--jobs", f"must be at least 1 (got {jobs})")
+    out = args.out or Path("runs/reproduce-paper" if args.paper else "runs/reproduce-quick" if args.quick
+                           else "runs/reproduce")
     check_output_folder(out, "--out", holds_runs=False)
     try:
-        with reproduce(out, args.quick, args.data, args.jobs, progress=not args.quiet, device=args.device,
-                       studies=args.studies) as store:
+        with reproduce(out, args.quick, args.data, jobs, progress=not args.quiet, device=args.device,
+                       studies=args.studies, data_dir=args.data_dir, paper=args.paper, epochs=args.epochs,
+                       yes=args.yes) as store:
             page, verdicts = write_report(store, out)
             counts = store.counts()
             _print_failures(store, [name for name, _ in store.sweeps()])
@@ -474,7 +603,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
                                    "whether they are present. vaeconverge data download NAME --mirror URL: fetch "
                                    "NAME's standard files from URL into the data folder, checked against their "
                                    "published MD5 (a mismatch or an interrupted transfer keeps nothing).")
-    p.add_argument("action", choices=("list", "download"))
+    p.add_argument("action", choices=("list", "download"), help="list the local data sets, or download one")
     p.add_argument("name", nargs="?", help="download: the data set")
     p.add_argument("--mirror", help="download: base URL holding the standard files")
     p.add_argument("--data-dir", help="folder of the local data sets (default: $VAECONVERGE_DATA or ./data)")
@@ -529,37 +658,72 @@ def torch_version() -> str:
         return "not installed"
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The validated :class:`RunConfig` of parsed ``train`` arguments."""
-    synthetic = SyntheticConfig(n_samples=args.n_samples, data_dim=args.data_dim,
-                                latent_dim=args.true_latent_dim, noise_std=args.noise_std, seed=args.data_seed)
-    fields = {k: v for k, v in vars(args).items() if k in RunConfig.__dataclass_fields__}
-    return run_config(synthetic=synthetic, **fields)  # --seeds T as a count, as the Python API takes it
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """The validated :class:`RunConfig` of parsed ``train`` arguments: the options the command line gave over
+    ``base``, else over --config's file; without either, every option as parsed, defaults included."""
+    from ..api import read_config, run_config
+
+    if base is None and getattr(args, "config", None) is not None:
+        base = read_config(args.config)
+    given = vars(args) if base is None else {k: v for k, v in vars(args).items() if k in args.given}
+    synthetic = {field: given[flag] for flag, field in (("n_samples", "n_samples"), ("data_dim", "data_dim"),
+                                                        ("true_latent_dim", "latent_dim"),
+                                                        ("noise_std", "noise_std"), ("data_seed", "seed"))
+                 if flag in given}
+    fields = {k: v for k, v in given.items() if k in RunConfig.__dataclass_fields__}
+    return run_config(base, synthetic=synthetic, **fields)  # --seeds T as a count, as the Python API takes it
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ..api import fit
-    from ..engine import TrainingDiverged
+    from ..api import fit, resume
+    from ..engine import CheckpointError, TrainingDiverged
+    from ..engine.checkpoint import load_resumable
+    from ..report.readings import bound_text, grad_text, rate_text
     from ..report.run_folder import check_output_folder
 
-    config = config_from_args(args)
-    check_output_folder(args.out, "--out", overwrite=args.overwrite)
+    out_dir, overwrite = args.out, args.overwrite
+    if args.resume is None:
+        config = config_from_args(args)
+    else:  # the run's own configuration, and the options given here, which must be its own
+        for option in ("config", "out", "overwrite"):
+            if option in args.given:
+                raise ConfigError(f"--{option}", "not with --resume, which continues the run in its own folder")
+        try:
+            config = config_from_args(args, base=load_resumable(args.resume / "checkpoint.pt")[1])
+        except CheckpointError as exc:
+            raise ConfigError("--resume", str(exc)) from None
+        out_dir, overwrite = args.resume, True
+    check_output_folder(out_dir, "--out" if args.resume is None else "--resume", overwrite=overwrite)
     if args.tensorboard is not None:
         from ..report.tensorboard import require_tensorboard
 
         require_tensorboard()
         check_output_folder(args.tensorboard, "--tensorboard", holds_runs=False)
+    tracking = None
+    if args.mlflow is not None:
+        from ..report.mlflow_log import open_tracking
+
+        tracking = open_tracking(args.mlflow)
     with graceful_stop() as signals:
         try:
-            run = fit(config, progress=not args.quiet)
+            if args.resume is None:
+                run = fit(config, progress=not args.quiet)
+            else:
+                options = {name: getattr(config, name) for name in RunConfig.__dataclass_fields__ if name != "steps"}
+                run = resume(args.resume, config.steps if "steps" in args.given else None,
+                             progress=not args.quiet, **options)
+        except CheckpointError as exc:
+            raise ConfigError("--resume", str(exc)) from None
         except TrainingDiverged as exc:
-            print(f"vaeconverge train: {exc}; nothing written to {args.out}", file=sys.stderr)
+            print(f"vaeconverge train: {exc}; nothing written to {out_dir}", file=sys.stderr)
             return 1
-        out = run.save(args.out, overwrite=args.overwrite)
+        out = run.save(out_dir, overwrite=overwrite)
         if args.tensorboard is not None:
             from ..report.tensorboard import write_scalars
 
             write_scalars(args.tensorboard, run.metrics)
+        if tracking is not None:
+            tracking.log_train(run.summary["config"], run.metrics, run.summary, out)
     s = run.summary
     log_lik = "n/a" if s["log_likelihood"] is None else f"{s['log_likelihood']:.6g}"
     state = " (interrupted)" if s["interrupted"] else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .storage import as_float
@@ -38,6 +40,15 @@ class PermutationBatches:
         start = self._position * self.batch_size
         self._position += 1
         return self._order[start : start + self.batch_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands (the epoch's permutation, the position in it, the epoch), to resume it; the
+        generator's state is its owner's to save."""
+        return {"order": self._order, "position": self._position, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from a :meth:`state_dict`."""
+        self._order, self._position, self.epoch = state["order"].cpu(), state["position"], state["epoch"]
 
     @property
     def epoch_finished(self) -> bool:

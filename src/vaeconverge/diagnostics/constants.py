@@ -1,4 +1,4 @@
-"""Estimates of the constants the convergence bounds need (THEORY.md sections 4-5), from a model and its data.
+"""Estimates of the constants the convergence bounds need (docs/theory.md sections 4-5), from a model and its data.
 
 Each estimate errs on the safe side, that is high, by a stated criterion, since a low constant lowers a bound:
 
@@ -332,7 +332,7 @@ class GradientNoise:
 
     def at(self, batch_size: int, samples: int) -> float:
         """sigma^2(B, K) = sigma_x^2 / B + sigma_eps^2 / (B K): the noise of a minibatch of B examples with K
-        noise samples each (THEORY.md section 4)."""
+        noise samples each (docs/theory.md section 4)."""
         return self.sigma2_x / batch_size + self.sigma2_eps / (batch_size * samples)
 
 

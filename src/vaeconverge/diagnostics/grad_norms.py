@@ -143,7 +143,7 @@ class GradientNormTracker:
     """Minibatch gradient squared norms of T replicas: their mean over a logging window, and the paper's
     epoch proxy, each as a (T,) tensor kept on the device until read.
 
-    The paper's proxy (THEORY.md section 5) is, per epoch, sum over batches of ||grad of the batch-*summed*
+    The paper's proxy (docs/theory.md section 5) is, per epoch, sum over batches of ||grad of the batch-*summed*
     loss||^2 divided by (N x number of parameters). Gradient noise inflates it: it is not the
     full-gradient norm.
     """
@@ -161,6 +161,17 @@ class GradientNormTracker:
         self._window_sum = self._window_sum + squared_norms
         self._epoch_sum = self._epoch_sum + squared_norms
         self._window_count += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        """The current epoch's running sum and the last epoch's proxy (on the host), to resume from a step at which
+        the logging window was read (so it is empty)."""
+        return {"epoch_sum": self._epoch_sum.cpu(), "proxy": None if self._proxy is None else self._proxy.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        """Go on from a :meth:`state_dict`, on this tracker's device."""
+        device = self._zeros.device
+        self._epoch_sum = state["epoch_sum"].to(device)
+        self._proxy = None if state["proxy"] is None else state["proxy"].to(device)
 
     def end_epoch(self) -> None:
         """Close an epoch: its sum becomes the current proxy value."""

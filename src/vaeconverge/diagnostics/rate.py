@@ -1,5 +1,5 @@
 """The empirical rate and what it says: the slope of log E||grad L||^2 against log n, with an interval from the
-seeds, and the regime a run is in, each with its evidence (THEORY.md section 5).
+seeds, and the regime a run is in, each with its evidence (docs/theory.md section 5).
 
 The rate is fitted to the seed-mean curve (the estimate of the expectation the theorems bound) over the second
 half of the run, not to a running minimum: a running minimum is an extreme-value statistic, flat wherever the

@@ -1,5 +1,5 @@
 """Gradient signal-to-noise ratio of one group of parameters, from repeated stochastic gradients at fixed
-parameters (THEORY.md section 6; Rainforth et al. 2018, "Tighter variational bounds are not necessarily better").
+parameters (docs/theory.md section 6; Rainforth et al. 2018, "Tighter variational bounds are not necessarily better").
 
 Given M independent draws g_1..g_M of a minibatch gradient restricted to a group of P coordinates (each draw with a
 fresh minibatch and fresh Monte Carlo noise), two readings of SNR = |signal| / noise:

@@ -121,6 +121,32 @@ def load_replicas(path: str | Path, device: str = "cpu") -> tuple[list[VAE], Run
     return [_replica(path, state, config, t, target) for t in range(len(state["seeds"]))], config, state
 
 
+# What the loop state of a checkpoint holds (engine.train), and what its recorder's holds (Recorder.state).
+LOOP_KEYS = ("streams", "noise", "device", "recorder", "data")
+RECORDER_KEYS = ("metrics", "probes", "epoch_sum", "proxy", "seconds", "diagnostics_seconds")
+
+
+def load_resumable(path: str | Path) -> tuple[dict[str, Any], RunConfig]:
+    """A training run's checkpoint read onto the host, checked to hold what resumes it (its replicas' weights
+    fitting its configuration, and the loop's state), and the run's configuration.
+
+    Raises:
+        CheckpointError: The file is missing, damaged, not a VAE run's, or written without the loop's state (by a
+            vaeconverge that could not resume runs).
+    """
+    state, config, target = _read_run_checkpoint(path, "cpu")
+    for t in range(len(state["seeds"])):
+        _replica(path, state, config, t, target)
+    loop = state.get("loop")
+    if not loop:
+        raise CheckpointError(f"{path}: holds no loop state to resume from (written by an earlier vaeconverge)")
+    missing = [key for key in LOOP_KEYS if key not in loop] or [key for key in RECORDER_KEYS
+                                                                 if key not in loop["recorder"]]
+    if missing or len(loop["streams"]) != len(state["seeds"]) or not loop["recorder"]["metrics"]:
+        raise CheckpointError(f"{path}: incomplete loop state" + (f", missing {missing[0]!r}" if missing else ""))
+    return state, config
+
+
 def _read_run_checkpoint(path: str | Path, device: str) -> tuple[dict[str, Any], RunConfig, torch.device]:
     """A training run's checkpoint read onto ``device``, checked to hold what rebuilds its replicas; its validated
     configuration; the device."""

@@ -228,7 +228,11 @@ class LoopedEnsemble(Ensemble):
                             for own in self._by_replica(grads)])
 
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([torch.cat([g.reshape(-1) for g in own]) for own in self._by_replica(grads)])
+        per_replica = self._by_replica(grads)
+        out = grads[0].new_empty(len(per_replica), sum(g.numel() for g in per_replica[0]))
+        for row, own in zip(out, per_replica, strict=True):  # written in place: one copy of a large model's gradient
+            torch.cat([g.reshape(-1) for g in own], out=row)
+        return out
 
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         for own, factor in zip(self._by_replica(grads), factors, strict=True):

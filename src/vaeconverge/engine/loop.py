@@ -1,9 +1,15 @@
 """The stepping loop shared by every kind of run (VAE ensembles, BBVI): draw a batch's losses, step, and report
-minibatch gradient norms, epochs and checkpoints to the run's :class:`~.recorder.Recorder`."""
+minibatch gradient norms, epochs and checkpoints to the run's :class:`~.recorder.Recorder`; and :class:`Progress`,
+how runs and sweeps show how far they are."""
 
 from __future__ import annotations
 
+import math
+import signal
+import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType, TracebackType
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +17,91 @@ from tqdm.auto import tqdm
 from ..data import PermutationBatches
 from ..runtime import finishing
 from .recorder import Recorder
+
+
+class Progress:
+    """How far a run (or a sweep) is, on stderr: a tqdm bar on a terminal; elsewhere (a log file, a CI job, a pipe)
+    one plain line per :meth:`report`; nothing unless ``enabled``. The one place that makes this choice."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> None:
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.done = initial
+        self.plain = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled or self.plain,
+                        leave=False)
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more units done."""
+        self.done += n
+        self.bar.update(n)
+
+    def report(self, line: str, **postfix: object) -> None:
+        """A reading: on a terminal ``postfix`` beside the bar; elsewhere one line, ``desc: line``."""
+        if self.plain:
+            print(f"{self.desc}: {line}", file=sys.stderr, flush=True)
+        elif postfix:
+            self.bar.set_postfix(postfix)
+
+    def note(self, line: str) -> None:
+        """One line, above the bar on a terminal (e.g. before a slow step, so that its silence is explained)."""
+        if self.enabled:
+            tqdm.write(line, file=sys.stderr)
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+class _HeldSignals:
+    """While a step changes the run's state (draws its batches and noise, steps the weights, the optimizer and the
+    schedule, closes an epoch), SIGINT and SIGTERM wait for the step's end: a run then stops between two steps, and
+    what it saves resumes exactly. Wraps the Python handlers in place (the default Ctrl-C one, or
+    ``runtime.graceful_stop``'s), in the main thread only, and puts them back on exit."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: tuple[int, FrameType | None] | None = None
+        self.previous: dict[int, Callable[[int, FrameType | None], object]] = {}
+
+    def __enter__(self) -> _HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self.previous[signum] = handler
+                    signal.signal(signum, self._receive)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _receive(self, signum: int, frame: FrameType | None) -> None:
+        if self.holding:
+            self.pending = self.pending or (signum, frame)
+        else:
+            self.previous[signum](signum, frame)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Stop holding; a signal received meanwhile reaches its handler now (which may raise KeyboardInterrupt)."""
+        self.holding = False
+        if self.pending is not None:
+            (signum, frame), self.pending = self.pending, None
+            self.previous[signum](signum, frame)
+
+
+CONSTANTS_NOTE = "estimating L, sigma^2 and R at step 0 (--no-constants skips this)..."
 
 
 def run_steps(
@@ -24,39 +115,55 @@ def run_steps(
     squared_norms: Callable[[list[torch.Tensor]], torch.Tensor],
     desc: str = "train",
     progress: bool = True,
+    start: int = 0,
 ) -> bool:
-    """Steps 1..``steps``: ``batch_losses()`` gives every replica's loss (T,) on its next batch, their *sum* is
-    differentiated (each replica's gradient stays its own), ``squared_norms`` returns each replica's squared
-    gradient norm (and may clip in place), and the recorder records its checkpoints (step 0 too).
-    Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops early, after recording the last completed step;
-    returns whether it did. Once the loop has ended, further signals are held until the run is written."""
+    """Steps ``start`` + 1 .. ``steps``: ``batch_losses()`` gives every replica's loss (T,) on its next batch, their
+    *sum* is differentiated (each replica's gradient stays its own), ``squared_norms`` returns each replica's
+    squared gradient norm (and may clip in place), and the recorder records its checkpoints (step 0 too, unless
+    the run resumes from ``start``, which it recorded). Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops
+    at the end of the step it arrives in, recorded; returns whether it did. Once the loop has ended, further
+    signals are held until the run is written."""
+    bar = Progress(steps, desc, "step", progress, initial=start)
 
-    def record(step: int, lr: float) -> dict[str, float]:
-        return recorder.record(step, lr, max(epochs.epoch, 0))[-1]
+    def record(step: int, lr: float) -> int:
+        rows = recorder.record(step, lr, max(epochs.epoch, 0))
+        objective = math.fsum(row["objective"] for row in rows) / len(rows)
+        grad = math.fsum(row["grad_sq_norm"] for row in rows) / len(rows)
+        seeds = f" (means of {len(rows)} seeds)" if len(rows) > 1 else ""
+        bar.report(f"step {step}/{steps}: objective {objective:.5g}, grad_sq_norm {grad:.3g}{seeds}, "
+                   f"{rows[0]['seconds']:.1f}s", objective=f"{objective:.5g}", grad_sq=f"{grad:.3g}")
+        return step
 
-    last = record(0, optimizer.param_groups[0]["lr"])
-    step = 0
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress or None, leave=False)
-    try:
-        for step in range(1, steps + 1):
-            loss = batch_losses()
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            recorder.observe(squared_norms([p.grad for p in params]))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            if epochs.epoch_finished:
-                recorder.end_epoch()
-            if step in recorder.checkpoints:
-                last = record(step, lr)
-                bar.set_postfix(objective=f"{last['objective']:.5g}", grad_sq=f"{last['grad_sq_norm']:.3g}")
-            bar.update()
-    except KeyboardInterrupt:
-        if last["step"] != step - 1 and step > 1:
-            record(step - 1, optimizer.param_groups[0]["lr"])
-        return True
-    finally:
-        finishing()
-        bar.close()
+    lr = optimizer.param_groups[0]["lr"]
+    done = recorded = start
+    with bar:
+        if start == 0:
+            if 0 in recorder.probe_steps:
+                bar.note(CONSTANTS_NOTE)
+            recorded = record(0, lr)
+        held = _HeldSignals()
+        try:
+            with held:
+                for step in range(start + 1, steps + 1):
+                    held.hold()
+                    loss = batch_losses()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.sum().backward()
+                    recorder.observe(squared_norms([p.grad for p in params]))
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.step()
+                    scheduler.step()
+                    if epochs.epoch_finished:
+                        recorder.end_epoch()
+                    done = step
+                    held.release()
+                    if step in recorder.checkpoints:
+                        recorded = record(step, lr)
+                    bar.advance()
+        except KeyboardInterrupt:
+            if done > recorded:
+                record(done, lr)
+            return True
+        finally:
+            finishing()
     return False

@@ -18,7 +18,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ DIAGNOSTICS_SEED_OFFSET = 0x5EED
 # the same at every checkpoint: each checkpoint's SNR is read on the same minibatches and noise.
 SNR_SEED_OFFSET = 1 << 62
 
-# The parameter groups whose gradient SNR a run records (THEORY.md section 6): the encoder's phi, whose SNR the
+# The parameter groups whose gradient SNR a run records (docs/theory.md section 6): the encoder's phi, whose SNR the
 # theory says falls like sqrt(B / K) under IWAE, and the generative model's theta (decoder and likelihood), whose
 # SNR rises like sqrt(B K). A subject without one of them (BBVI has no decoder) records NaN for it.
 SNR_GROUPS = ("encoder", "decoder")
@@ -126,6 +126,7 @@ class Probe:
     noise: GradientNoise
     weight_bound: float
     seed: int = 0
+    step: int = 0
 
 
 def probe_maxima(probes: Sequence[Probe]) -> dict[str, float]:
@@ -296,6 +297,7 @@ class Recorder:
                  strict: bool = True, device: torch.device | str | None = None, snr_draws: int | None = None
                  ) -> None:
         self.subject = subject
+        self.steps = steps
         points = eval_points or default_eval_points(steps, subject.batch_size, n_examples, eval_samples)
         self.checkpoints = evaluation_steps(steps, eval_every, points)
         self.probe_steps = frozenset({0, steps // 2, steps}) if constants else frozenset()
@@ -321,33 +323,38 @@ class Recorder:
                ) -> list[dict[str, float]]:
         """The :data:`METRIC_COLUMNS` rows of a checkpoint, one per replica (``measured``: the subject's
         :meth:`~Subject.measure` if already taken), with the constants probed at :attr:`probe_steps`. The
-        random iterate and the bound are filled in by :meth:`summary`."""
+        random iterate and the bound are filled in by :meth:`summary`. The recorder changes only once all is
+        measured, so that a checkpoint cut short (Ctrl-C) leaves it as it was."""
         if measured is None:
             began = time.perf_counter()
             measured = self.subject.measure()
             self.diagnostics_seconds["checkpoints"] += time.perf_counter() - began
-        windows, proxies = self.tracker.read_window(), self.tracker.paper_proxy
         seconds = time.perf_counter() - self.start
         rows = []
-        for seed, row, window, proxy in zip(self.subject.seeds, measured, windows, proxies, strict=True):
+        for seed, row in zip(self.subject.seeds, measured, strict=True):
             if not math.isfinite(row["objective"]):
                 if self.strict:
                     raise TrainingDiverged(step, seed)
                 warnings.warn(f"the full objective is not finite at step {step}", stacklevel=3)
             unmeasured = dict.fromkeys(("kl", "active_units", "objective_se", *SNR_COLUMNS), math.nan)
             full = unmeasured | row | {
-                "seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": window,
-                "paper_proxy": proxy, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
+                "seed": seed, "step": step, "epoch": epoch, "lr": lr, "batch_grad_sq_norm": math.nan,
+                "paper_proxy": math.nan, "random_iterate": math.nan, "bound": math.nan, "seconds": seconds}
             rows.append({key: full[key] for key in METRIC_COLUMNS})
         if self.snr_draws and all(math.isfinite(row["objective"]) for row in rows):
             began = time.perf_counter()
             for t, row in enumerate(rows):
                 row.update(self.snr(t))
             self.diagnostics_seconds["snr"] += time.perf_counter() - began
+        probes = []
         if step in self.probe_steps and all(math.isfinite(row["objective"]) for row in rows):
             began = time.perf_counter()
-            self.probes.extend(self.probe(t, step) for t in range(len(self.subject.seeds)))
+            probes = [self.probe(t, step) for t in range(len(self.subject.seeds))]
             self.diagnostics_seconds["probes"] += time.perf_counter() - began
+        windows, proxies = self.tracker.read_window(), self.tracker.paper_proxy
+        for row, window, proxy in zip(rows, windows, proxies, strict=True):
+            row.update(batch_grad_sq_norm=window, paper_proxy=proxy)
+        self.probes.extend(probes)
         self.metrics.extend(rows)
         return rows
 
@@ -363,7 +370,7 @@ class Recorder:
             grads = self.subject.gradient_draws(t, generator, seed)
         noise = noise_from_gradients(grads, self.subject.samples, examples_per_row=self.subject.examples_per_row)
         weight_bound = max(p.detach().abs().max().item() for p in self.subject.weights(t))
-        return Probe(L=L, noise=noise, weight_bound=weight_bound, seed=self.subject.seeds[t])
+        return Probe(L=L, noise=noise, weight_bound=weight_bound, seed=self.subject.seeds[t], step=step)
 
     def snr(self, t: int) -> dict[str, float]:
         """The :data:`SNR_COLUMNS` of replica t at its current parameters, from :attr:`snr_draws` gradient draws
@@ -376,6 +383,32 @@ class Recorder:
             out |= {f"snr_{group}": estimate.coord, f"snr_{group}_se": estimate.coord_se,
                     f"snr_norm_{group}": estimate.norm, f"snr_norm_{group}_se": estimate.norm_se}
         return out
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run's recorder goes on from, as a checkpoint holds it (plain values and host tensors): the
+        rows and probes so far, the current epoch's running sum of minibatch gradient norms and the last epoch's
+        proxy, and the seconds spent. Taken at a recorded step, where the logging window is empty."""
+        return {"metrics": [dict(row) for row in self.metrics],
+                "probes": [asdict(probe) for probe in self.probes],
+                **self.tracker.state_dict(),
+                "seconds": time.perf_counter() - self.start,
+                "diagnostics_seconds": dict(self.diagnostics_seconds)}
+
+    def restore(self, state: dict[str, Any], step: int) -> None:
+        """Go on from the :meth:`state` a run had at ``step``, towards this recorder's :attr:`steps`: its rows, and
+        its clock, go on. Its probes are kept at the steps this recorder probes (0, n/2 and n of the new n), as a
+        run trained straight to n would have them; where the new middle n/2 fell before ``step`` unprobed, every
+        probe is kept (the constants are maxima: more probes err on the safe side)."""
+        probes = [Probe(**{**probe, "noise": GradientNoise(**probe["noise"])}) for probe in state["probes"]]
+        middle = self.steps // 2
+        if middle < step and all(probe.step != middle for probe in probes):
+            self.probes = probes
+        else:
+            self.probes = [probe for probe in probes if probe.step in self.probe_steps]
+        self.metrics = [dict(row) for row in state["metrics"]]
+        self.tracker.load_state_dict({"epoch_sum": state["epoch_sum"], "proxy": state["proxy"]})
+        self.start = time.perf_counter() - state["seconds"]
+        self.diagnostics_seconds = dict(state["diagnostics_seconds"])
 
     def constants(self) -> Constants | None:
         """The constants over every probe so far (None without probes), delta against the subject's floor."""

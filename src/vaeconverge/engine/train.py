@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import full_objective_gradient
 from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
@@ -41,6 +42,7 @@ class TrainResult:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     metrics: list[dict[str, float]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)  # the loop's state at its last step, which resumes it
 
     @property
     def model(self) -> VAE:
@@ -48,10 +50,10 @@ class TrainResult:
         return self.ensemble.replica(0)
 
     def save_checkpoint(self, path: str | Path) -> None:
-        """Save each replica's weights and the optimizer's state (``engine.checkpoint``)."""
+        """Save each replica's weights, the optimizer's state and the loop's (``engine.checkpoint``)."""
         save_checkpoint(path, FORMAT, self.config.to_dict(), self.summary["steps"], self.config.replica_seeds,
                         self.optimizer, self.scheduler, data_dim=self.dataset.x.shape[1],
-                        models=self.ensemble.state_dicts())
+                        models=self.ensemble.state_dicts(), loop=self.loop)
 
 
 class EnsembleSubject(Subject):
@@ -149,12 +151,12 @@ class EnsembleSubject(Subject):
             return None
 
 
-def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | None = None
-                   ) -> tuple[Ensemble, Plan]:
+def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | None = None,
+                   weights: list[dict[str, torch.Tensor]] | None = None) -> tuple[Ensemble, Plan]:
     """The configured VAE once per seed (replica t's initial weights come from ``torch.manual_seed(seed_t)`` on
-    the host, the same on every device), moved to ``device`` (default: the host), laid out as the size of one
-    replica's step asks, and the plan that chose the layout. A run that would not fit in memory is refused
-    before anything is allocated."""
+    the host, the same on every device, or from its state dict in ``weights``), moved to ``device`` (default: the
+    host), laid out as the size of one replica's step asks, and the plan that chose the layout. A run that would
+    not fit in memory is refused before anything is allocated."""
     load = LoadSample()  # the other processes' use of the cores, while the run is being built
     objective = build_objective(config)
     seeds, batch = config.replica_seeds, config.batch_size
@@ -168,10 +170,12 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
            f"(--hidden, --depth) on batches of {batch} x {objective.samples} latent samples (--samples)")
     require_memory("--hidden" if state > activations else "--batch-size", state + activations, run)
     models = []
-    for seed in seeds:
+    for t, seed in enumerate(seeds):
         torch.manual_seed(seed)
         model = build_vae(config, x.shape[1])
         model.init_from_data_(x)
+        if weights is not None:
+            model.load_state_dict(weights[t])
         models.append(model.to(device))
     loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
     chosen = replace(plan(cost.flops, len(models), config.threads, loop=loop, device=device, load=load),
@@ -180,25 +184,35 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
     return layout(models, objective), chosen
 
 
-def train(config: RunConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
+def train(config: RunConfig, dataset: Dataset, progress: bool = True,
+          resume_from: dict[str, Any] | None = None) -> TrainResult:
     """Train the configured VAE on ``dataset``, one replica per seed, all in a single pass; Ctrl-C stops
     early and still returns what was measured.
 
     Seeding: seed t fixes replica t's initial weights and one generator for its batches and noise, so
     replica t is the same whether it trains alone or beside others, and a run repeats bit for bit on CPU.
+
+    ``resume_from``: a checkpoint of this run (as ``engine.checkpoint.load_resumable`` reads it), continued from
+    its step to ``config.steps`` with its weights, optimizer, schedule, batch and noise streams and measurements,
+    as the run would have gone on (:meth:`Recorder.restore` says which checkpoints and probes it keeps).
     """
     config.validate()
     device = resolve_device(config.device)
-    ensemble, chosen = build_ensemble(config, dataset.x, device)
+    if resume_from is not None and resume_from["loop"]["device"] != device.type:
+        raise ConfigError("--device", f"the run trained on {resume_from['loop']['device']}, where its noise streams "
+                                      f"are; resume it there, not on {device.type}")
+    weights = None if resume_from is None else resume_from["models"]
+    ensemble, chosen = build_ensemble(config, dataset.x, device, weights)
     with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
-        result = _fit(config, dataset, ensemble, chosen, progress)
+        result = _fit(config, dataset, ensemble, chosen, progress, resume_from)
     result.summary["threads"] = chosen.threads
     result.summary["vectorised"] = chosen.vectorised
     result.summary["device"] = str(device)
     return result
 
 
-def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, progress: bool) -> TrainResult:
+def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, progress: bool,
+         resume_from: dict[str, Any] | None) -> TrainResult:
     """The training loop proper, measured by a :class:`Recorder`."""
     x, device = dataset.x, ensemble.device  # the data stay on the host; each batch goes to the device
     seeds = config.replica_seeds
@@ -215,6 +229,13 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
     recorder = Recorder(subject, config.steps, len(x), eval_every=config.eval_every, eval_points=config.eval_points,
                         eval_samples=config.eval_samples, constants=config.constants,
                         snr_draws=config.snr_draws if config.snr else None)
+    start = 0
+    if resume_from is not None:
+        start = resume_from["step"]
+        _restore_streams(resume_from["loop"], generators, noise, batches)
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.last_epoch = resume_from["scheduler"]["last_epoch"]
+        recorder.restore(resume_from["loop"]["recorder"], start)
     samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
 
     def batch_losses() -> torch.Tensor:
@@ -230,15 +251,46 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
         return norms
 
     interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
-                            squared_norms, "train", progress)
+                            squared_norms, "train", progress, start)
 
+    loop = {"streams": [_stream_state(g, b) for g, b in zip(generators, batches, strict=True)],
+            "noise": None if noise is generators else [g.get_state() for g in noise], "device": device.type,
+            "recorder": recorder.state(), "data": {**dataset_facts(dataset), "digest": data_digest(dataset)}}
     extras = {"ppca_log_likelihood": subject.ppca_log_likelihood} if subject.linear else {}
     summary = recorder.summary(config.assessed(), config=config.to_dict(), data=dataset_facts(dataset),
                                interrupted=interrupted, batches_per_epoch=epochs.batches_per_epoch)
     return TrainResult(config, dataset, ensemble, optimizer, scheduler, recorder.metrics,
-                       summary.with_extras(**extras).to_dict())
+                       summary.with_extras(**extras).to_dict(), loop)
+
+
+def _stream_state(generator: torch.Generator, batches: PermutationBatches) -> dict[str, Any]:
+    """Where a replica's stream of batches (and, on the host, of noise) stands: its generator's state and the
+    epoch's permutation, position and number."""
+    return {"generator": generator.get_state(), **batches.state_dict()}
+
+
+def _restore_streams(loop: dict[str, Any], generators: list[torch.Generator], noise: list[torch.Generator],
+                     batches: list[PermutationBatches]) -> None:
+    """Put each replica's streams back where :func:`_stream_state` (and the noise generators' states) found them."""
+    for generator, stream, saved in zip(generators, batches, loop["streams"], strict=True):
+        generator.set_state(saved["generator"].cpu())
+        stream.load_state_dict(saved)
+    if loop["noise"] is not None:
+        for generator, saved in zip(noise, loop["noise"], strict=True):
+            generator.set_state(saved.cpu())
+
+
+DIGEST_ROWS = 4096
 
 
 def dataset_facts(dataset: Dataset) -> dict[str, Any]:
     """The ``data`` entry of a summary: the data set's name, number of examples and features."""
     return {"name": dataset.name, "n": dataset.x.shape[0], "dim": dataset.x.shape[1]}
+
+
+def data_digest(dataset: Dataset) -> str:
+    """A digest of the data's values (BLAKE2b of up to :data:`DIGEST_ROWS` rows spread evenly over the set), which a
+    checkpoint keeps so that a resumed run can tell its own data from other data of the same shape."""
+    x = dataset.x
+    rows = torch.linspace(0, len(x) - 1, min(len(x), DIGEST_ROWS)).long()
+    return hashlib.blake2b(x[rows].cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()

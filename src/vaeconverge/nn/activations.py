@@ -1,4 +1,4 @@
-"""Generalised soft-clipping (THEORY.md section 2): a smooth, bounded, 1-Lipschitz stand-in for ReLU; and the
+"""Generalised soft-clipping (docs/theory.md section 2): a smooth, bounded, 1-Lipschitz stand-in for ReLU; and the
 registry of ``--activation`` choices."""
 
 from __future__ import annotations

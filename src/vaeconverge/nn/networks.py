@@ -33,11 +33,11 @@ from ..registry import Registry
 from .activations import SoftClip, activation_spec
 from .layers import Linear
 
-# Head ranges of the paper's soft-clipping networks (THEORY.md section 2).
+# Head ranges of the paper's soft-clipping networks (docs/theory.md section 2).
 MEAN_HEAD_RANGE = (-50.0, 50.0)
 LOGVAR_HEAD_RANGE = (-20.0, 20.0)
 
-# The paper's conv layers (THEORY.md section 5).
+# The paper's conv layers (docs/theory.md section 5).
 CONV_KERNEL, CONV_STRIDE, CONV_PADDING = 4, 2, 1
 
 

@@ -22,6 +22,8 @@ order of the axes, and in any later version of vaeconverge that adds options.
                                    # | snr-scaling (metric "snr": log SNR against log K and log B, report/snr.py)
 
 A top-level ``quick_by_default = false`` leaves the study out of ``reproduce --quick`` unless ``--study`` names it.
+A top-level ``paper = true`` marks a study of the paper's own protocol (its data sets, networks and length in
+epochs, :mod:`.paper`): only ``reproduce --paper`` runs it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..bbvi.config import BBVIConfig
 from ..config import ConfigError, RunConfig
 from ..engine.recorder import SUMMARY_KEYS
 
-TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "quick", "finding", "quick_by_default")
+TOP_LEVEL = ("name", "description", "seeds", "base", "grid", "zip", "quick", "finding", "quick_by_default", "paper")
 EXPECTATIONS = ("decreasing", "increasing", "lowest-at", "all-true", "snr-scaling")
 FINDING_KEYS = ("statement", "metric", "expect", "at", "reference")
 # What a study's runs are, by the optional ``kind`` key of its [base]: VAEs (``vaeconverge train``) by default,
@@ -90,6 +92,7 @@ class SweepSpec:
     quick: dict[str, list[Any]] = field(default_factory=dict)  # axes' values in the quick version (reproduce)
     quick_base: dict[str, Any] = field(default_factory=dict)  # options of the quick version's base
     quick_by_default: bool = True  # whether reproduce --quick runs it without being named
+    paper: bool = False  # a study of the paper's protocol, run by reproduce --paper alone
 
     @property
     def axes(self) -> list[str]:
@@ -178,12 +181,15 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "sweep") -
     quick_by_default = raw.get("quick_by_default", True)
     if not isinstance(quick_by_default, bool):
         raise SpecError(f"{source}: quick_by_default", f"must be true or false (got {quick_by_default!r})")
+    paper = raw.get("paper", False)
+    if not isinstance(paper, bool):
+        raise SpecError(f"{source}: paper", f"must be true or false (got {paper!r})")
     if quick.keys() & zipped.keys() and (quick.keys() & zipped.keys() != zipped.keys()
                                          or len({len(quick[k]) for k in zipped}) > 1):
         raise SpecError(f"{source}: quick", f"gives the zipped axes {', '.join(zipped)} together, of equal lengths")
     finding = _finding(raw["finding"], source) if "finding" in raw else None
     spec = SweepSpec(name, base, grid, zipped, str(raw.get("description", "")), finding, text, kind, quick,
-                     quick_base, quick_by_default)
+                     quick_base, quick_by_default, paper)
     for version in (spec, spec.quickened({})):
         if finding is not None and finding.expect == "lowest-at":
             labels = [version.label(config) for config in version.runs()]

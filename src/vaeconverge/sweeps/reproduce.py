@@ -1,7 +1,8 @@
 """``vaeconverge reproduce``: the paper's studies (``vaeconverge/experiments/*.toml``) run as sweeps into one
 store, then the report. ``quick`` shortens every run so that the six hyperparameter studies finish in minutes on
 two cores (a study with ``quick_by_default = false``, such as the gradient-SNR ones, runs quick only when named);
-``studies`` picks studies by name; ``data`` swaps the embedded digits for another data set."""
+``studies`` picks studies by name; ``data`` swaps the embedded digits for another data set. ``paper`` runs instead
+the studies marked ``paper = true``, the paper's own protocol on CIFAR-100 and CelebA (:mod:`.paper`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from ..config import ConfigError
 from .executors import build_executor
 from .grid import SweepSpec, parse_spec
+from .paper import PAPER_EPOCHS, prepare
 from .runner import check_data, run_sweeps
 from .store import Store
 
@@ -24,37 +26,53 @@ STORE_NAME = "results.db"
 
 
 def paper_studies(quick: bool = False, data: str | None = None, device: str | None = None,
-                  studies: Sequence[str] = ()) -> list[SweepSpec]:
+                  studies: Sequence[str] = (), data_dir: str | None = None, paper: bool = False) -> list[SweepSpec]:
     """The studies named by ``studies`` (default: every one, less those not quick by default when ``quick``), in
-    file-name order, with the ``quick``, ``data`` and ``device`` overrides applied to their base (the device
-    changes where runs execute, not their identity in the store); an unknown name is a ConfigError."""
+    file-name order, with the ``quick``, ``data``, ``device`` and ``data_dir`` overrides applied to their base (the
+    device and the folder change where runs execute and read, not their identity in the store); ``paper``: the
+    studies marked ``paper = true`` instead of the others. An unknown name, or one of the other kind, is a
+    ConfigError."""
     folder = resources.files("vaeconverge") / "experiments"
     every = [parse_spec(entry.read_text(), f"experiments/{entry.name}")
              for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".toml")]
-    names = [spec.name for spec in every]
+    names = [spec.name for spec in every if spec.paper == paper]
     for name in studies:
         if name not in names:
-            raise ConfigError("--study", f"no study {name!r}; the studies are {', '.join(names)}")
+            other = "is the paper's protocol: run it with --paper" if not paper else "is not a study of --paper"
+            known = f"{name!r} {other}" if name in {spec.name for spec in every} else f"no study {name!r}"
+            raise ConfigError("--study", f"{known}; the studies are {', '.join(names)}")
     specs = []
     for spec in every:
-        if (spec.name not in studies) if studies else (quick and not spec.quick_by_default):
+        if spec.paper != paper or ((spec.name not in studies) if studies else (quick and not spec.quick_by_default)):
             continue
         spec = spec.quickened(QUICK) if quick else spec
-        overrides = {key: value for key, value in (("data", data), ("device", device)) if value}
+        overrides = {key: value for key, value in (("data", data), ("device", device), ("data_dir", data_dir))
+                     if value}
         specs.append(dataclasses.replace(spec, base={**spec.base, **overrides}))
     return specs
 
 
 def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool, device: str | None = None,
-              studies: Sequence[str] = ()) -> Store:
+              studies: Sequence[str] = (), data_dir: str | None = None, paper: bool = False,
+              epochs: int | None = None, yes: bool = False) -> Store:
     """Run the studies (:func:`paper_studies`) into ``out/results.db`` (resuming what it holds) and return the open
-    store (closed again if the sweeps stop on an error or an interrupt)."""
-    studies = paper_studies(quick, data, device, studies)
-    check_data(studies)
+    store (closed again if the sweeps stop on an error or an interrupt). ``paper``: the paper's studies, sized
+    from their data to ``epochs`` epochs (default :data:`.paper.PAPER_EPOCHS`) and estimated first; on a CPU an
+    estimate above the limit stops here, before anything is written, unless ``yes`` (:func:`.paper.prepare`)."""
+    if paper and (quick or data):
+        raise ConfigError("--quick" if quick else "--data", "not with --paper, whose studies read their own data "
+                                                            "(cifar100, celeba); shorten its runs with --epochs E")
+    if not paper and (epochs is not None or yes):
+        raise ConfigError("--epochs" if epochs is not None else "--yes", "applies only with --paper")
+    specs = paper_studies(quick, data, device, studies, data_dir, paper)
+    if paper:
+        specs = prepare(specs, out / STORE_NAME, PAPER_EPOCHS if epochs is None else epochs, device, yes, progress)
+    else:
+        check_data(specs)
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out / STORE_NAME)
     try:
-        run_sweeps(studies, store, build_executor(jobs), progress=progress)  # one queue: workers stay busy
+        run_sweeps(specs, store, build_executor(jobs), progress=progress)  # one queue: workers stay busy
     except BaseException:
         store.close()
         raise

@@ -7,16 +7,17 @@ the caller."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 
-from tqdm.auto import tqdm
-
 from ..config import RunConfig
+from ..engine.loop import Progress
 from .executors import Executor
 from .grid import Config, SweepSpec
 from .identity import run_id
-from .store import Store, StoreError
+from .store import Outcome, Store, StoreError
+
+Finished = Callable[[Config, Outcome], None]  # told of each run that finishes (e.g. to log it to a tracker)
 
 
 def check_data(specs: Sequence[SweepSpec]) -> None:
@@ -36,26 +37,29 @@ def check_data(specs: Sequence[SweepSpec]) -> None:
 
 
 def run_sweep(spec: SweepSpec, store: Store, executor: Executor, progress: bool = True,
-              retry_failed: bool = False) -> dict[str, int]:
+              retry_failed: bool = False, finished: Sequence[Finished] = ()) -> dict[str, int]:
     """Run every configuration of ``spec`` that ``store`` has not finished; returns the counts by status."""
-    return run_sweeps([spec], store, executor, progress, retry_failed)[spec.name]
+    return run_sweeps([spec], store, executor, progress, retry_failed, finished)[spec.name]
 
 
 def run_sweeps(specs: Sequence[SweepSpec], store: Store, executor: Executor, progress: bool = True,
-               retry_failed: bool = False) -> dict[str, dict[str, int]]:
+               retry_failed: bool = False, finished: Sequence[Finished] = ()) -> dict[str, dict[str, int]]:
     """Run the unfinished configurations of several sweeps as one queue, so that the executor's workers stay busy
-    across the sweeps' boundaries (a run shared by two sweeps trains once); returns each sweep's counts by status."""
+    across the sweeps' boundaries (a run shared by two sweeps trains once); returns each sweep's counts by status. Each
+    of ``finished`` is called with a finished run's configuration and outcome once it is stored."""
     runs: dict[str, Config] = {}
+    labels: dict[str, str] = {}  # each run's axis values, for the progress lines
     for spec in specs:
         own = [(run_id(config), config) for config in spec.runs()]
         store.add_sweep(spec.name, spec.source, own)
         if retry_failed:
             store.requeue_failed(spec.name)
         runs.update(own)
+        labels.update((identifier, spec.label(config) if len(specs) == 1 else f"{spec.name}: {spec.label(config)}")
+                      for identifier, config in own)
     pending = list({identifier: config for spec in specs for identifier, config in store.pending(spec.name)}.items())
     desc = f"sweep {specs[0].name}" if len(specs) == 1 else f"{len(specs)} sweeps"
-    with tqdm(total=len(runs), initial=len(runs) - len(pending), desc=desc, unit="run",
-              disable=not progress or None) as bar:
+    with Progress(len(runs), desc, "run", progress, initial=len(runs) - len(pending)) as bar:
         failures: Counter[str] = Counter()
         outcomes = executor.run(pending, store.mark_running)
         try:
@@ -63,10 +67,14 @@ def run_sweeps(specs: Sequence[SweepSpec], store: Store, executor: Executor, pro
                 if outcome.summary is not None and outcome.summary.get("interrupted"):
                     raise KeyboardInterrupt  # cut short by a Ctrl-C the run caught itself: it is not finished
                 store.record(outcome)
-                bar.update()
+                if outcome.status == "done":
+                    for report in finished:
+                        report(runs[outcome.run_id], outcome)
+                bar.advance()
                 if outcome.status in ("failed", "diverged"):
                     failures[outcome.status] += 1
-                    bar.set_postfix(failures)
+                bar.report(f"{bar.done}/{len(runs)} runs; {labels[outcome.run_id]} {outcome.status} in "
+                           f"{outcome.seconds:.1f}s", **failures)
         except BaseException:
             _stop(outcomes, store)
             raise

@@ -1,4 +1,4 @@
-"""Explicit convergence bounds (THEORY.md sections 3 and 4) as pure functions of floats and numpy arrays.
+"""Explicit convergence bounds (docs/theory.md sections 3 and 4) as pure functions of floats and numpy arrays.
 
 References:
 - Ghadimi & Lan, *Stochastic first- and zeroth-order methods for nonconvex stochastic programming*,
@@ -87,7 +87,7 @@ def _iterations(name: str, n: ArrayLike) -> FloatArray:
 
 
 def noise_variance(sigma2_x: float, sigma2_eps: float, batch_size: int, samples: int) -> float:
-    """sigma^2(B, K) = sigma2_x / B + sigma2_eps / (B K) (THEORY.md section 4).
+    """sigma^2(B, K) = sigma2_x / B + sigma2_eps / (B K) (docs/theory.md section 4).
 
     Between-example variance sigma2_x divided by the batch size B, plus the Monte Carlo variance of one
     sample sigma2_eps divided by the B K samples drawn per step.
@@ -134,7 +134,7 @@ def ghadimi_lan_curve(step_sizes: ArrayLike, L: float, sigma2: float, delta: flo
 
 
 def sgd_decreasing_bound(L: float, sigma2: float, delta: float, c_gamma: float, n: int) -> float:
-    """Closed form for gamma_k = c_gamma / sqrt(k), k = 1..n, c_gamma <= 1/L, P(R = k) ~ gamma_k (THEORY.md s. 4).
+    """Closed form for gamma_k = c_gamma / sqrt(k), k = 1..n, c_gamma <= 1/L, P(R = k) ~ gamma_k (docs/theory.md s. 4).
 
     E ||grad f(x_R)||^2 <= [2 delta + L sigma2 c_gamma^2 (1 + ln n)] / (2 c_gamma (sqrt(n + 1) - 1)).
     From Ghadimi & Lan (2013): gamma_k <= 1/L gives 2 gamma_k - L gamma_k^2 >= gamma_k, then
