@@ -1,12 +1,14 @@
 """Benchmark 6: does the default thread choice hold on an idle machine and on a busy one?
 
 Each workload is `vaeconverge train` as a user runs it, timed as a whole command (start-up included), with the
-default threads, with `--threads 1` and with `--threads <cores>`; first on the idle machine, then beside one
-process that keeps a core busy (`while True: pass`). A variant's time is the fastest of `--repeats` rounds, the
-variants of a round run one after another. The ratio printed is the best variant's time over the default's
-(1.00: the default is the best choice; the target is >= 0.90 in every condition).
+default threads, with `--threads 1` and with `--threads <cores>`, in three conditions: on the idle machine
+(`idle`), beside one process that keeps a core busy (`while True: pass`) from before the command starts (`busy`),
+and with that process arriving `--arrive` seconds after the command starts, once training has begun (`arrives`).
+A variant's time is the fastest of `--repeats` rounds, the variants of a round run one after another. The ratio
+printed is the best variant's time over the default's (1.00: the default is the best choice; the target is
+>= 0.90 in every condition).
 
-Run: ``.venv/bin/python benchmarks/thread_policy.py [--quick] [--repeats N] [--busy 0 1]``.
+Run: ``.venv/bin/python benchmarks/thread_policy.py [--quick] [--repeats N] [--conditions idle busy arrives]``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -36,28 +38,45 @@ VARIANTS = {
 }
 
 
+CONDITIONS = ("idle", "busy", "arrives")
+
+
 @contextmanager
-def busy_cores(count: int) -> Iterator[None]:
-    """``count`` processes that each keep a core busy for the duration of the block."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+def busy_core(wait: float = 0.5) -> Iterator[None]:
+    """A process that keeps a core busy for the duration of the block, started ``wait`` seconds before it."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(0.5)
+        time.sleep(wait)
         yield
     finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
+        spinner.kill()
+        spinner.wait()
 
 
-def timed_train(options: list[str], out: Path, quick: bool) -> float:
-    """Seconds that one `vaeconverge train` command takes, start to end."""
+def timed_train(options: list[str], out: Path, quick: bool, arrive: float | None = None) -> float:
+    """Seconds that one `vaeconverge train` command takes, start to end; with ``arrive``, a busy process starts
+    that many seconds after the command and lasts until it ends."""
     steps = options.index("--steps") + 1
     options = [*options[:steps], str(max(20, int(options[steps]) // 10)) if quick else options[steps],
                *options[steps + 1:]]
     command = [sys.executable, "-m", "vaeconverge", "train", *options, "--eval-points", "2", "--no-constants",
                "--quiet", "--overwrite", "--out", str(out)]
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        if arrive is None:
+            code = run.wait()
+        else:
+            try:
+                code = run.wait(timeout=arrive)
+            except subprocess.TimeoutExpired:
+                with busy_core(wait=0.0):
+                    code = run.wait()
+    finally:
+        run.kill()
+        run.wait()
+    if code != 0:
+        raise subprocess.CalledProcessError(code, command)
     return time.perf_counter() - start
 
 
@@ -65,30 +84,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the steps: checks that it runs")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over the variants (each keeps its fastest)")
-    parser.add_argument("--busy", type=int, nargs="*", default=[0, 1], help="busy processes beside each condition")
+    parser.add_argument("--conditions", nargs="*", choices=CONDITIONS, default=list(CONDITIONS),
+                        help="idle machine; a busy process from the start; one arriving mid-run")
+    parser.add_argument("--arrive", type=float, default=6.0,
+                        help="seconds after the command starts at which the busy process of `arrives` starts")
     args = parser.parse_args()
     print(f"{CORES} cores; torch threads as vaeconverge chooses them unless the variant says; "
-          f"{args.repeats} rounds, fastest kept")
+          f"{args.repeats} rounds, fastest kept; `arrives`: a busy process from {args.arrive:g} s on")
     rows = []
     with TemporaryDirectory() as tmp:
-        for busy in args.busy:
-            with busy_cores(busy):
+        for condition in args.conditions:
+            with busy_core() if condition == "busy" else nullcontext():
                 for workload, options in WORKLOADS.items():
                     best: dict[str, float] = {}
                     for _ in range(args.repeats):
                         for variant, extra in VARIANTS.items():
-                            seconds = timed_train([*options, *extra], Path(tmp) / "run", args.quick)
+                            seconds = timed_train([*options, *extra], Path(tmp) / "run", args.quick,
+                                                  args.arrive if condition == "arrives" else None)
                             best[variant] = min(best.get(variant, float("inf")), seconds)
                     fastest = min(best, key=best.get)
-                    rows.append((busy, workload, best, best[fastest] / best["default"], fastest))
-                    print(f"busy {busy}, {workload}: " + ", ".join(f"{v} {s:.1f} s" for v, s in best.items())
+                    rows.append((condition, workload, best, best[fastest] / best["default"], fastest))
+                    print(f"{condition}, {workload}: " + ", ".join(f"{v} {s:.1f} s" for v, s in best.items())
                           + f"; best/default {rows[-1][3]:.2f} ({fastest})", flush=True)
     print()
-    print(f"| busy processes | workload | default | `--threads 1` | `--threads {CORES}` | best / default |")
+    print(f"| condition | workload | default | `--threads 1` | `--threads {CORES}` | best / default |")
     print("|---|---|---|---|---|---|")
-    for busy, workload, best, ratio, fastest in rows:
+    for condition, workload, best, ratio, fastest in rows:
         times = " | ".join(f"{seconds:.1f} s" for seconds in best.values())
-        print(f"| {busy} | {workload} | {times} | **{ratio:.2f}** ({fastest}) |")
+        print(f"| {condition} | {workload} | {times} | **{ratio:.2f}** ({fastest}) |")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def test_numbers_equal_train_on_the_same_model_data_seed_and_schedule():
     for key in ("step_weighted_mean", "uniform_mean", "running_min"):
         assert summary["random_iterate"][key] == pytest.approx(reference.summary["random_iterate"][key], rel=1e-5)
     assert summary["rate_slope"] == pytest.approx(reference.summary["rate_slope"], rel=1e-4)
-    assert set(reference.summary) - set(summary) == {"threads", "vectorised", "device"}
+    assert set(reference.summary) - set(summary) == {"threads", "thread_changes", "vectorised", "device"}
 
 
 class _Net(nn.Module):

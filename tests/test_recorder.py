@@ -102,4 +102,5 @@ def test_train_writes_the_recorders_summary_keys() -> None:
     recorder = Recorder(Quadratic(), steps=4, n_examples=100)
     recorder.record(0, 0.1, 0)
     generic = recorder.summary(config.assessed(), config={}, data={}, interrupted=False, batches_per_epoch=1)
-    assert set(result.summary) == set(generic.to_dict()) | {"ppca_log_likelihood", "threads", "vectorised", "device"}
+    extras = {"ppca_log_likelihood", "threads", "thread_changes", "vectorised", "device"}
+    assert set(result.summary) == set(generic.to_dict()) | extras

@@ -4,12 +4,14 @@ it."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import time
 from dataclasses import replace
 
 import pytest
+import torch
 
 from vaeconverge import RunConfig, runtime
 from vaeconverge.data import load_dataset
@@ -18,6 +20,7 @@ from vaeconverge.engine import train
 from vaeconverge.engine.plan import LOOP_FLOPS, plan
 
 SMALL, LARGE = LOOP_FLOPS / 100, LOOP_FLOPS * 10
+train_module = importlib.import_module("vaeconverge.engine.train")  # the package exports its function as train
 
 
 class FakeLoad:
@@ -47,12 +50,14 @@ def test_vectorised_replicas_compute_the_same_numbers_on_one_thread_and_on_two()
 @pytest.mark.parametrize("idle", [1, 2])
 def test_runs_take_the_idle_cores_but_a_single_small_replica_takes_one(idle):
     load = FakeLoad(idle)
-    assert plan(SMALL, 3, load=load) == plan_module.Plan(vectorised=True, threads=idle)
-    assert plan(SMALL, 1, load=load).threads == 1  # one small replica: one thread, whatever the load
-    assert plan(LARGE, 1, load=load) == plan_module.Plan(vectorised=False, threads=idle)
-    assert plan(LARGE, 3, load=load) == plan_module.Plan(vectorised=False, threads=idle)
-    assert plan(SMALL, 3, loop=True, load=load) == plan_module.Plan(vectorised=False, threads=idle)
-    assert plan(SMALL, 3, requested_threads=5, load=load).threads == 5
+    chosen = {"threads": idle, "follows_load": True}
+    assert plan(SMALL, 3, load=load) == plan_module.Plan(vectorised=True, **chosen)
+    # one small replica: one thread, whatever the load, now or later
+    assert plan(SMALL, 1, load=load) == plan_module.Plan(vectorised=True, threads=1, follows_load=False)
+    assert plan(LARGE, 1, load=load) == plan_module.Plan(vectorised=False, **chosen)
+    assert plan(LARGE, 3, load=load) == plan_module.Plan(vectorised=False, **chosen)
+    assert plan(SMALL, 3, loop=True, load=load) == plan_module.Plan(vectorised=False, **chosen)
+    assert plan(SMALL, 3, requested_threads=5, load=load) == plan_module.Plan(vectorised=True, threads=5)
 
 
 def test_a_core_budget_caps_the_cores_and_nests():
@@ -92,3 +97,54 @@ def test_a_busy_process_takes_a_core_from_the_sample():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+class ScriptedLoad:
+    """Load samples whose idle cores follow a script, one entry per sample read, the last repeated."""
+
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.read = script, 0
+
+    def __call__(self) -> FakeLoad:
+        idle = self.script[min(self.read, len(self.script) - 1)]
+        self.read += 1
+        return FakeLoad(idle)
+
+
+def test_the_follower_changes_the_count_once_two_looks_in_a_row_agree():
+    clock = [0.0]
+    # samples: the follower's first, then one per look; a look reads the sample taken at the look before
+    load = ScriptedLoad([1, 1, 2, 1, 1, 2, 2, 2])
+    with runtime.intra_op_threads(2):
+        follower = runtime.LoadFollower(2, sample=load, clock=lambda: clock[0])
+        assert follower.poll(1) is None  # not yet time to look
+        seen = []
+        for step in range(2, 9):
+            clock[0] += runtime.RECHECK_SECONDS
+            seen.append((follower.poll(step), torch.get_num_threads()))
+    # looks read 1 (wait), 1 (agreed: 1 thread), 2 (wait), 1 (back, nothing), 1, 2 (wait), 2 (agreed: 2 threads)
+    assert seen == [(None, 2), (1, 1), (None, 1), (None, 1), (None, 1), (None, 1), (2, 2)]
+    assert follower.changes == [(3, 1), (8, 2)]
+
+
+def test_a_run_whose_thread_count_follows_a_changing_load_computes_the_same_numbers(monkeypatch):
+    """Vectorised replicas under a load that comes and goes: the count changes mid-run (and the summary lists
+    each change), every metric equals the run's on a fixed count."""
+    config = RunConfig(data="digits", hidden=64, batch_size=32, steps=40, seeds=(0, 1, 2), eval_every=20,
+                       eval_samples=2, constants=False)
+    dataset = load_dataset(config)
+    fixed = train(replace(config, threads=2), dataset, progress=False)
+    load = ScriptedLoad([2, 2] + [1, 1, 1, 2, 2, 2] * 10)
+    monkeypatch.setattr(runtime, "LoadSample", load)
+    monkeypatch.setattr(runtime, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(train_module, "LoadSample", load)
+    followed = train(config, dataset, progress=False)
+    assert followed.summary["threads"] == 2 and fixed.summary["thread_changes"] == []
+    changes = followed.summary["thread_changes"]
+    assert len(changes) >= 4 and [count for _, count in changes[:2]] == [1, 2]
+    assert all(0 < step <= config.steps for step, _ in changes)
+
+    def numbers(result):
+        return [repr({k: v for k, v in row.items() if k != "seconds"}) for row in result.metrics]
+
+    assert numbers(followed) == numbers(fixed)

@@ -102,6 +102,44 @@ class LoadSample:
         return max(1, math.floor(len(self.cpus) - others + TAKEN_SHARE))
 
 
+# Seconds between two looks at the load by a run whose thread count follows it (:class:`LoadFollower`).
+RECHECK_SECONDS = 1.0
+
+
+class LoadFollower:
+    """Keeps torch's intra-op thread count at the cores other processes leave idle while a run trains: between
+    two steps, at most every :data:`RECHECK_SECONDS`, :meth:`poll` reads the load since its last look. A new count
+    is taken once two looks in a row agree on it, so that one noisy look does not resize the pool; a process that
+    starts (or ends) beside the run changes the count within about two looks."""
+
+    def __init__(self, threads: int, sample: Callable[[], LoadSample] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threads = threads
+        self.changes: list[tuple[int, int]] = []  # (step, count) at each change
+        self._sample, self._clock = sample or LoadSample, clock
+        self._since, self._due = self._sample(), clock() + RECHECK_SECONDS
+        self._seen: int | None = None
+
+    def poll(self, step: int) -> int | None:
+        """Look at the load if it is time; the new count if it changed now (torch already uses it), else None."""
+        now = self._clock()
+        if now < self._due:
+            return None
+        idle = self._since.idle_cores()
+        self._since, self._due = self._sample(), now + RECHECK_SECONDS
+        agreed, self._seen = idle == self._seen, idle
+        if idle == self.threads or not agreed:
+            return None
+        import torch
+
+        self.threads, self._seen = idle, None
+        torch.set_num_threads(idle)
+        if flushes_denormals():  # threads the pool gains must flush too
+            _set_flush_denormal_everywhere(True)
+        self.changes.append((step, idle))
+        return idle
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -222,7 +222,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm, metavar="MAX",
                    help="clip each replica's gradient to this Euclidean norm")
     g.add_argument("--threads", type=int, default=d.threads,
-                   help="intra-op threads (default: 1 for small models, every core for large ones)")
+                   help="intra-op threads, fixed (default: 1 for a single small model; otherwise the cores other "
+                        "processes leave idle, followed while the run trains)")
     g.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
     g.add_argument("--device", choices=DEVICES, default=d.device, help=DEVICE_HELP)
 

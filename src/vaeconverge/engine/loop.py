@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import PermutationBatches
-from ..runtime import finishing
+from ..runtime import LoadFollower, finishing
 from .recorder import Recorder
 
 
@@ -116,13 +116,15 @@ def run_steps(
     desc: str = "train",
     progress: bool = True,
     start: int = 0,
+    threads: LoadFollower | None = None,
 ) -> bool:
     """Steps ``start`` + 1 .. ``steps``: ``batch_losses()`` gives every replica's loss (T,) on its next batch, their
     *sum* is differentiated (each replica's gradient stays its own), ``squared_norms`` returns each replica's
     squared gradient norm (and may clip in place), and the recorder records its checkpoints (step 0 too, unless
     the run resumes from ``start``, which it recorded). Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops
     at the end of the step it arrives in, recorded; returns whether it did. Once the loop has ended, further
-    signals are held until the run is written."""
+    signals are held until the run is written. ``threads``, if given, fits the intra-op thread count to the load
+    between steps."""
     bar = Progress(steps, desc, "step", progress, initial=start)
 
     def record(step: int, lr: float) -> int:
@@ -157,6 +159,9 @@ def run_steps(
                         recorder.end_epoch()
                     done = step
                     held.release()
+                    if threads is not None and (count := threads.poll(step)) is not None:
+                        bar.note(f"step {step}: now on {count} intra-op thread{'s' if count > 1 else ''}, as other "
+                                 "processes took or left cores (--threads N fixes the count)")
                     if step in recorder.checkpoints:
                         recorded = record(step, lr)
                     bar.advance()

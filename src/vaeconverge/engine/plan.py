@@ -10,8 +10,9 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
   stacked parameters.
 - Threads. A small step costs more in thread hand-offs than a second core gains, and one product on several
   threads may split its reduction and round differently. So a single small replica runs on one thread;
-  everything else on the cores other processes leave idle when the run starts: an OpenMP thread that shares
-  its core with a busy process holds up every parallel region (measured 2-4x slower than one thread). T >= 2
+  everything else on the cores other processes leave idle, chosen when the run starts and followed while it
+  trains: an OpenMP thread that shares its core with a busy process holds up every parallel region (measured
+  2-4x slower than one thread). T >= 2
   small (vectorised) replicas share out whole replicas' products among the threads (checked bit for bit
   against one thread on the digits MLP, ELBO and IWAE), so their numbers do not depend on the count; a large
   replica's may change in the last bits with it: the summary records the count, and ``--threads`` fixes it.
@@ -52,11 +53,13 @@ STATE_COPIES = 6
 @dataclass(frozen=True)
 class Plan:
     """``vectorised``: all replicas in one pass over stacked parameters, else one replica after another;
-    ``threads``: intra-op; ``eval_chunk``: examples per chunk of a checkpoint; ``probe_examples``: examples
+    ``threads``: intra-op, at the start; ``follows_load``: whether the count then follows the load
+    (``runtime.LoadFollower``); ``eval_chunk``: examples per chunk of a checkpoint; ``probe_examples``: examples
     whose per-example gradients a constants probe takes."""
 
     vectorised: bool
     threads: int
+    follows_load: bool = False
     eval_chunk: int = EVAL_CHUNK
     probe_examples: int = PROBE_EXAMPLES
 
@@ -129,15 +132,14 @@ def plan(replica_flops: float, replicas: int, requested_threads: int | None = No
     """The layout and thread count for ``replicas`` replicas whose steps cost ``replica_flops`` each.
     ``requested_threads`` overrides the thread count; ``loop`` forces the looped layout (for optimizers that
     must see each replica's parameters in their own shapes, and layers that do not take them stacked); ``load``
-    samples the other processes' use of the cores (from the run's start; taken now if not given). On a GPU every
+    samples the other processes' use of the cores (from the run's start; taken now if not given); a count chosen
+    from it, not requested, follows the load while the run trains. On a GPU every
     stackable model is vectorised: one kernel for all replicas rather than T small ones (a choice not yet
     measured on a GPU)."""
     small = replica_flops < LOOP_FLOPS or (device is not None and device.type == "cuda")
     vectorised = small and not loop
     if requested_threads is not None:
-        threads = requested_threads
-    elif small and replicas == 1:
-        threads = 1
-    else:
-        threads = (load or LoadSample()).idle_cores()
-    return Plan(vectorised, threads)
+        return Plan(vectorised, requested_threads)
+    if small and replicas == 1:
+        return Plan(vectorised, 1)
+    return Plan(vectorised, (load or LoadSample()).idle_cores(), follows_load=True)

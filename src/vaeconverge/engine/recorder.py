@@ -233,8 +233,8 @@ SUMMARY_KEYS = (
     "objective", "grad_sq_norm", "grad_sq_norm_se", "grad_sq_norm_biased", "paper_proxy", "log_likelihood",
     "random_iterate", "bound", "bands", "per_seed", "paper_shape", "rate_slope", "rate_ci", "rate", "collapsed",
     # one kind of run's extras
-    "threads", "vectorised", "device", "ppca_log_likelihood", "log_evidence", "evidence_gap", "posterior",
-    "monitor_seconds",
+    "threads", "thread_changes", "vectorised", "device", "ppca_log_likelihood", "log_evidence", "evidence_gap",
+    "posterior", "monitor_seconds",
     # the gradient SNR at the first and last checkpoints (None unless measured)
     "snr",
 )

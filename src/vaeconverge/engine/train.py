@@ -22,7 +22,15 @@ from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
 from ..objectives import ELBO, IWAE, OBJECTIVES, VRIWAE, build_objective, draw_noise
 from ..optim import build_optimizer, build_schedule, optimizer_spec
-from ..runtime import LoadSample, flush_denormals, intra_op_threads, require_memory, resolve_device, to_device
+from ..runtime import (
+    LoadFollower,
+    LoadSample,
+    flush_denormals,
+    intra_op_threads,
+    require_memory,
+    resolve_device,
+    to_device,
+)
 from .checkpoint import FORMAT, save_checkpoint
 from .ensemble import Ensemble, LoopedEnsemble, VectorisedEnsemble, clip_replica_norms_
 from .loop import run_steps
@@ -250,8 +258,9 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
             clip_replica_norms_(ensemble, grads, norms, config.clip_grad_norm)
         return norms
 
+    follower = LoadFollower(chosen.threads) if chosen.follows_load else None
     interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
-                            squared_norms, "train", progress, start)
+                            squared_norms, "train", progress, start, follower)
 
     loop = {"streams": [_stream_state(g, b) for g, b in zip(generators, batches, strict=True)],
             "noise": None if noise is generators else [g.get_state() for g in noise], "device": device.type,
@@ -259,6 +268,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
     extras = {"ppca_log_likelihood": subject.ppca_log_likelihood} if subject.linear else {}
     summary = recorder.summary(config.assessed(), config=config.to_dict(), data=dataset_facts(dataset),
                                interrupted=interrupted, batches_per_epoch=epochs.batches_per_epoch)
+    extras["thread_changes"] = [] if follower is None else [list(change) for change in follower.changes]
     return TrainResult(config, dataset, ensemble, optimizer, scheduler, recorder.metrics,
                        summary.with_extras(**extras).to_dict(), loop)
 
