@@ -12,12 +12,11 @@ Run: ``.venv/bin/python benchmarks/flops.py [--quick]`` (or ``run_all.py``).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
-import torch
 from harness import (
     BASELINE_MLP,
+    MATMUL_SIZE,
     Data,
     Measurement,
     Ratio,
@@ -28,6 +27,7 @@ from harness import (
     first_last,
     main,
     measure_all,
+    time_matmul,
     time_vaeconverge,
 )
 from torch.utils.flop_counter import FlopCounterMode
@@ -37,19 +37,6 @@ from vaeconverge.models import build_vae
 from vaeconverge.objectives import build_objective, draw_noise
 
 NAME = "B5 MLP step GFLOP/s vs matmul"
-MATMUL_SIZE = 1024
-
-
-def time_matmul(size: int, reps: int) -> Timed:
-    """``reps`` products of two random size x size fp32 matrices, after a few untimed ones."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    seconds = time.perf_counter() - start
-    return Timed(seconds, reps, {"GFLOP/s": 2 * size**3 * reps / seconds / 1e9})
 
 
 def step_flops(data: Data, options: dict[str, Any]) -> int:

@@ -298,12 +298,46 @@ def parse_args(description: str, selectable: int = 0) -> argparse.Namespace:
     return args
 
 
+MATMUL_SIZE = 1024
+
+
+def time_matmul(size: int, reps: int) -> Timed:
+    """``reps`` products of two random size x size fp32 matrices, after a few untimed ones."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    seconds = time.perf_counter() - start
+    return Timed(seconds, reps, {"GFLOP/s": 2 * size**3 * reps / seconds / 1e9})
+
+
+def host(threads: int) -> str:
+    """The CPU, the vector instructions torch's kernels use on it, and its fp32 matmul rate on ``threads``
+    threads now: vaeconverge's stacked steps are bound by the matmul rate and a naive loop by per-operation
+    overhead, so ratios between them move with the host."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "?")
+    except OSError:
+        model = "?"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rate = time_matmul(MATMUL_SIZE, 20).extra["GFLOP/s"]
+    finally:
+        torch.set_num_threads(before)
+    return (f"{os.cpu_count()} CPUs ({model}, {torch.backends.cpu.get_cpu_capability()}), "
+            f"{MATMUL_SIZE}x{MATMUL_SIZE} fp32 matmul at {rate:.0f} GFLOP/s on {threads} threads")
+
+
 def header(args: argparse.Namespace) -> str:
     mode = ("quick check (--quick), not a measurement" if args.quick
             else f"full measurement, fastest of {args.repeats} round-robin rounds")
     return (f"vaeconverge benchmarks: {mode}; torch {torch.__version__}, {args.threads} torch threads "
             f"(torch.set_num_threads) in every measured process, which vaeconverge's own choice "
-            f"(engine/plan.py) then overrides; {os.cpu_count()} CPUs")
+            f"(engine/plan.py) then overrides; {host(args.threads)}")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

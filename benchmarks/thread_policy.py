@@ -6,7 +6,8 @@ default threads, with `--threads 1` and with `--threads <cores>`, in three condi
 and with that process arriving `--arrive` seconds after the command starts, once training has begun (`arrives`).
 A variant's time is the fastest of `--repeats` rounds, the variants of a round run one after another. The ratio
 printed is the best variant's time over the default's (1.00: the default is the best choice; the target is
->= 0.90 in every condition).
+>= 0.90 in every condition); beside the default's time, the threads it ran on (``2 1@120``: 2, then 1 from step
+120 on).
 
 Run: ``.venv/bin/python benchmarks/thread_policy.py [--quick] [--repeats N] [--conditions idle busy arrives]``.
 """
@@ -14,6 +15,7 @@ Run: ``.venv/bin/python benchmarks/thread_policy.py [--quick] [--repeats N] [--c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -53,8 +55,9 @@ def busy_core(wait: float = 0.5) -> Iterator[None]:
         spinner.wait()
 
 
-def timed_train(options: list[str], out: Path, quick: bool, arrive: float | None = None) -> float:
-    """Seconds that one `vaeconverge train` command takes, start to end; with ``arrive``, a busy process starts
+def timed_train(options: list[str], out: Path, quick: bool, arrive: float | None = None) -> tuple[float, str]:
+    """Seconds that one `vaeconverge train` command takes, start to end, and the threads it ran on (its summary's
+    ``threads``, then each of its ``thread_changes`` as ``count@step``); with ``arrive``, a busy process starts
     that many seconds after the command and lasts until it ends."""
     steps = options.index("--steps") + 1
     options = [*options[:steps], str(max(20, int(options[steps]) // 10)) if quick else options[steps],
@@ -75,9 +78,11 @@ def timed_train(options: list[str], out: Path, quick: bool, arrive: float | None
     finally:
         run.kill()
         run.wait()
+    seconds = time.perf_counter() - start
     if code != 0:
         raise subprocess.CalledProcessError(code, command)
-    return time.perf_counter() - start
+    summary = json.loads((out / "summary.json").read_text())
+    return seconds, " ".join([str(summary["threads"]), *(f"{n}@{step}" for step, n in summary["thread_changes"])])
 
 
 def main() -> None:
@@ -97,20 +102,25 @@ def main() -> None:
             with busy_core() if condition == "busy" else nullcontext():
                 for workload, options in WORKLOADS.items():
                     best: dict[str, float] = {}
+                    threads = ""  # those of the default's fastest round
                     for _ in range(args.repeats):
                         for variant, extra in VARIANTS.items():
-                            seconds = timed_train([*options, *extra], Path(tmp) / "run", args.quick,
-                                                  args.arrive if condition == "arrives" else None)
-                            best[variant] = min(best.get(variant, float("inf")), seconds)
+                            seconds, ran_on = timed_train([*options, *extra], Path(tmp) / "run", args.quick,
+                                                          args.arrive if condition == "arrives" else None)
+                            if seconds < best.get(variant, float("inf")):
+                                best[variant] = seconds
+                                threads = ran_on if variant == "default" else threads
                     fastest = min(best, key=best.get)
-                    rows.append((condition, workload, best, best[fastest] / best["default"], fastest))
+                    rows.append((condition, workload, best, threads, best[fastest] / best["default"], fastest))
                     print(f"{condition}, {workload}: " + ", ".join(f"{v} {s:.1f} s" for v, s in best.items())
-                          + f"; best/default {rows[-1][3]:.2f} ({fastest})", flush=True)
+                          + f" (default on {threads} threads); best/default {rows[-1][4]:.2f} ({fastest})",
+                          flush=True)
     print()
-    print(f"| condition | workload | default | `--threads 1` | `--threads {CORES}` | best / default |")
+    print(f"| condition | workload | default (its threads) | `--threads 1` | `--threads {CORES}` | best / default |")
     print("|---|---|---|---|---|---|")
-    for condition, workload, best, ratio, fastest in rows:
+    for condition, workload, best, threads, ratio, fastest in rows:
         times = " | ".join(f"{seconds:.1f} s" for seconds in best.values())
+        times = times.replace(" s", f" s ({threads})", 1)
         print(f"| {condition} | {workload} | {times} | **{ratio:.2f}** ({fastest}) |")
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from vaeconverge.cli import main
 from vaeconverge.optim import OPTIMIZERS, bound_family, uncovered_reason
+from vaeconverge.report.readings import bound_text
 from vaeconverge.theory.assessment import (
     Constants,
     allocation_bound,
@@ -76,6 +77,13 @@ def test_an_applicable_bound_states_value_verdict_and_vacuity() -> None:
     assert high["holds"] is False and not high["vacuous"]
     tiny = assess(SGD, _metrics(value / 1000), CONSTANTS, 10).summary["bound"]
     assert tiny["holds"] and tiny["vacuous"]
+
+
+def test_a_measured_mean_that_is_not_finite_neither_holds_nor_violates_the_bound() -> None:
+    bound = assess(SGD, _metrics(math.nan), CONSTANTS, 10).summary["bound"]
+    assert bound["status"] == "applicable" and bound["holds"] is None and bound["sensitivity"] is None
+    text = bound_text(bound)
+    assert "undetermined" in text and "VIOLATED" not in text and "holds" not in text
 
 
 @pytest.mark.parametrize("run", [SGD, ADAM, dataclasses.replace(ADAM, optimizer="adagrad", bound_family="adagrad")])

@@ -11,6 +11,7 @@ import pytest
 from vaeconverge.diagnostics import classify, fit_rate, mean_interval
 from vaeconverge.diagnostics.posterior import COLLAPSED_KL
 from vaeconverge.diagnostics.rate import INTERVAL_LEVEL, MIN_SEEDS
+from vaeconverge.report.readings import rate_text
 
 # Checkpoints as train places them: log-spaced over the first half, evenly over the second.
 STEPS = np.unique(np.concatenate([[0], np.geomspace(1, 5000, 10).astype(int), np.linspace(5000, 10_000, 11)[1:]]))
@@ -75,3 +76,9 @@ def test_mean_interval_is_a_student_t_interval() -> None:
     mean, _, high = mean_interval([-0.4, -0.5, -0.6], level=0.9)
     assert mean == pytest.approx(-0.5) and high - mean == pytest.approx(2.919986 * 0.1 / math.sqrt(3), rel=1e-5)
     assert all(map(math.isnan, mean_interval([1.0])[1:]))
+
+
+def test_the_rate_line_counts_its_seeds_in_words() -> None:
+    rate = {"slope": -0.5, "ci": [-0.6, -0.4], "level": 0.95, "first_step": 10, "last_step": 100, "regime": "fitted"}
+    assert "95% interval [-0.60, -0.40], 1 seed)" in rate_text(rate | {"seeds": 1})
+    assert ", 3 seeds)" in rate_text(rate | {"seeds": 3})

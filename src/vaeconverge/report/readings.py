@@ -16,7 +16,8 @@ def rate_text(rate: dict[str, Any]) -> str:
         return rate["regime"]
     low, high = (math.nan if v is None else v for v in rate["ci"])
     interval = f"{rate['level']:.0%} interval [{low:.2f}, {high:.2f}]" if math.isfinite(low) else "no interval"
-    return (f"slope {rate['slope']:.3f} ({interval}, {rate['seeds']} seeds) over steps {rate['first_step']}.."
+    seeds = f"{rate['seeds']} seed{'' if rate['seeds'] == 1 else 's'}"
+    return (f"slope {rate['slope']:.3f} ({interval}, {seeds}) over steps {rate['first_step']}.."
             f"{rate['last_step']}: {rate['regime']}")
 
 
@@ -35,6 +36,9 @@ def bound_text(bound: dict[str, Any] | None) -> str:
     if bound["status"] != "applicable":
         name = "" if bound["name"] == "none" else f"{bound['name']}: "
         return f"{name}not applicable: {bound['reason']}"
+    if bound["holds"] is None:
+        return (f"{bound['name']} E||grad L||^2 <= {bound['value']:.4g} vs measured "
+                f"{bound['measured_step_weighted_mean']:.4g}: undetermined (the measured mean is not finite)")
     verdict = "holds" if bound["holds"] else "VIOLATED"
     if bound.get("vacuous"):
         verdict += f", but vacuous (over {VACUOUS_FACTOR:g}x every measured value)"

@@ -246,9 +246,10 @@ def bound_entry(run: AssessedRun, constants: Constants, gammas: np.ndarray, step
         return entry
     value = float(bound_curve(run, constants, gammas, [steps[-1]])[0])
     finite = [v for v in measured if math.isfinite(v)]
-    entry.update(value=value, holds=bool(measured[-1] <= value),
+    last = float(measured[-1])  # not finite (a NaN gradient): neither held nor violated
+    entry.update(value=value, holds=bool(last <= value) if math.isfinite(last) else None,
                  vacuous=bool(value > VACUOUS_FACTOR * max(finite, default=math.inf)),
-                 sensitivity=sensitivity(run, constants, gammas, steps[-1], float(measured[-1])))
+                 sensitivity=sensitivity(run, constants, gammas, steps[-1], last) if math.isfinite(last) else None)
     if family == "sgd" and run.per_example_noise:
         budget = run.batch_size * run.samples * steps[-1]
         best, _ = best_allocation(budget, constants.sigma2_x, constants.sigma2_eps, CANDIDATE_BATCH_SIZES,
