@@ -113,7 +113,7 @@ def main() -> None:
                     fastest = min(best, key=best.get)
                     rows.append((condition, workload, best, threads, best[fastest] / best["default"], fastest))
                     print(f"{condition}, {workload}: " + ", ".join(f"{v} {s:.1f} s" for v, s in best.items())
-                          + f" (default on {threads} threads); best/default {rows[-1][4]:.2f} ({fastest})",
+                          + f" (the default's threads: {threads}); best/default {rows[-1][4]:.2f} ({fastest})",
                           flush=True)
     print()
     print(f"| condition | workload | default (its threads) | `--threads 1` | `--threads {CORES}` | best / default |")
