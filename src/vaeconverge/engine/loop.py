@@ -104,6 +104,20 @@ class _HeldSignals:
 CONSTANTS_NOTE = "estimating L, sigma^2 and R at step 0 (--no-constants skips this)..."
 
 
+def take_step(batch_losses: Callable[[], torch.Tensor], params: Sequence[torch.Tensor],
+              optimizer: torch.optim.Optimizer,
+              squared_norms: Callable[[list[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """One optimisation step of every replica: the *sum* of their losses (T,) on their next batches is
+    differentiated, so that each replica's gradient stays its own; returns each replica's squared minibatch
+    gradient norm (T,), taken (and clipped, if ``squared_norms`` clips) before the optimizer steps."""
+    loss = batch_losses()
+    optimizer.zero_grad(set_to_none=True)
+    loss.sum().backward()
+    norms = squared_norms([p.grad for p in params])
+    optimizer.step()
+    return norms
+
+
 def run_steps(
     steps: int,
     batch_losses: Callable[[], torch.Tensor],
@@ -118,9 +132,9 @@ def run_steps(
     start: int = 0,
     threads: LoadFollower | None = None,
 ) -> bool:
-    """Steps ``start`` + 1 .. ``steps``: ``batch_losses()`` gives every replica's loss (T,) on its next batch, their
-    *sum* is differentiated (each replica's gradient stays its own), ``squared_norms`` returns each replica's
-    squared gradient norm (and may clip in place), and the recorder records its checkpoints (step 0 too, unless
+    """Steps ``start`` + 1 .. ``steps`` of :func:`take_step`: ``batch_losses()`` gives every replica's loss (T,) on its
+    next batch, ``squared_norms`` returns each replica's squared gradient norm (and may clip in place), the
+    scheduler steps after the optimizer, and the recorder records its checkpoints (step 0 too, unless
     the run resumes from ``start``, which it recorded). Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops
     at the end of the step it arrives in, recorded; returns whether it did. Once the loop has ended, further
     signals are held until the run is written. ``threads``, if given, fits the intra-op thread count to the load
@@ -148,12 +162,8 @@ def run_steps(
             with held:
                 for step in range(start + 1, steps + 1):
                     held.hold()
-                    loss = batch_losses()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.sum().backward()
-                    recorder.observe(squared_norms([p.grad for p in params]))
                     lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
+                    recorder.observe(take_step(batch_losses, params, optimizer, squared_norms))
                     scheduler.step()
                     if epochs.epoch_finished:
                         recorder.end_epoch()

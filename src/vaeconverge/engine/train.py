@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -223,12 +223,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
          resume_from: dict[str, Any] | None) -> TrainResult:
     """The training loop proper, measured by a :class:`Recorder`."""
     x, device = dataset.x, ensemble.device  # the data stay on the host; each batch goes to the device
-    seeds = config.replica_seeds
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    # On the host one generator per replica draws its batches and its noise; elsewhere the noise is drawn
-    # where it is used, by a generator of that device with the same seed.
-    noise = generators if device.type == "cpu" else [torch.Generator(device).manual_seed(seed) for seed in seeds]
-    batches = [PermutationBatches(x, config.batch_size, g) for g in generators]
+    generators, noise, batches = replica_streams(config.replica_seeds, x, config.batch_size, device)
     epochs = batches[0]  # all replicas share the epoch structure; only their permutations differ
     params = ensemble.parameters()
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
@@ -244,13 +239,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
         optimizer.load_state_dict(resume_from["optimizer"])
         scheduler.last_epoch = resume_from["scheduler"]["last_epoch"]
         recorder.restore(resume_from["loop"]["recorder"], start)
-    samples, latent_dim = ensemble.objective.samples, ensemble.latent_dim
-
-    def batch_losses() -> torch.Tensor:
-        rows = x[torch.stack([b.next_indices() for b in batches])]  # one gather for every replica
-        xb = as_float(to_device(rows, device))
-        eps = torch.stack([draw_noise(samples, config.batch_size, latent_dim, g, xb.dtype) for g in noise])
-        return -ensemble.surrogate(xb, eps).mean(-1)
+    batch_losses = replica_batch_losses(ensemble, x, batches, noise)
 
     def squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
         norms = ensemble.squared_norms(grads)
@@ -271,6 +260,32 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
     extras["thread_changes"] = [] if follower is None else [list(change) for change in follower.changes]
     return TrainResult(config, dataset, ensemble, optimizer, scheduler, recorder.metrics,
                        summary.with_extras(**extras).to_dict(), loop)
+
+
+def replica_streams(seeds: Sequence[int], x: torch.Tensor, batch_size: int, device: torch.device
+                    ) -> tuple[list[torch.Generator], list[torch.Generator], list[PermutationBatches]]:
+    """Each replica's streams, from its seed: a host generator that orders its batches (and, on the host, draws
+    its noise), the generator of its noise (on another device, one of that device with the same seed), and its
+    batches of ``x``."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    noise = generators if device.type == "cpu" else [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    return generators, noise, [PermutationBatches(x, batch_size, g) for g in generators]
+
+
+def replica_batch_losses(ensemble: Ensemble, x: torch.Tensor, batches: Sequence[PermutationBatches],
+                         noise: Sequence[torch.Generator]) -> Callable[[], torch.Tensor]:
+    """A function giving every replica's mean surrogate loss (T,) on its next batch of the host's ``x`` (one gather
+    for all replicas, moved to the ensemble's device) under its next noise draw."""
+    samples, latent_dim, device = ensemble.objective.samples, ensemble.latent_dim, ensemble.device
+
+    def batch_losses() -> torch.Tensor:
+        rows = x[torch.stack([b.next_indices() for b in batches])]
+        xb = as_float(to_device(rows, device))
+        eps = torch.stack([draw_noise(samples, b.batch_size, latent_dim, g, xb.dtype)
+                           for b, g in zip(batches, noise, strict=True)])
+        return -ensemble.surrogate(xb, eps).mean(-1)
+
+    return batch_losses
 
 
 def _stream_state(generator: torch.Generator, batches: PermutationBatches) -> dict[str, Any]:

@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, RunConfig
-from ..data import PermutationBatches, as_float, load_dataset
+from ..data import load_dataset
 from ..data.local_files import data_root, expected_files, find_local
+from ..engine.loop import take_step
 from ..engine.recorder import default_eval_points, evaluation_steps
-from ..engine.train import build_ensemble
-from ..objectives import draw_noise
+from ..engine.train import build_ensemble, replica_batch_losses, replica_streams
 from ..optim import build_optimizer
-from ..runtime import flush_denormals, intra_op_threads, resolve_device, to_device
+from ..runtime import flush_denormals, intra_op_threads, resolve_device
 from .grid import SweepSpec
 from .identity import run_id
 from .store import Store
@@ -104,19 +104,11 @@ def seconds_per_step(config: RunConfig, x: torch.Tensor) -> float:
     ensemble, chosen = build_ensemble(config, x, device)
     params = ensemble.parameters()
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
-    replicas = len(config.replica_seeds)
-    generator = torch.Generator().manual_seed(0)
-    noise = generator if device.type == "cpu" else torch.Generator(device).manual_seed(0)
-    batches = PermutationBatches(x, config.batch_size, generator)
+    _, noise, batches = replica_streams(config.replica_seeds, x, config.batch_size, device)
+    batch_losses = replica_batch_losses(ensemble, x, batches, noise)
 
     def step() -> None:
-        xb = as_float(to_device(x[torch.stack([batches.next_indices() for _ in range(replicas)])], device))
-        eps = torch.stack([draw_noise(ensemble.objective.samples, config.batch_size, ensemble.latent_dim, noise,
-                                      xb.dtype) for _ in range(replicas)])
-        optimizer.zero_grad(set_to_none=True)
-        (-ensemble.surrogate(xb, eps).mean(-1)).sum().backward()
-        ensemble.squared_norms([p.grad for p in params])
-        optimizer.step()
+        take_step(batch_losses, params, optimizer, ensemble.squared_norms)
 
     with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
         for _ in range(WARMUP_STEPS):
