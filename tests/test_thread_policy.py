@@ -127,6 +127,19 @@ def test_the_follower_changes_the_count_once_two_looks_in_a_row_agree():
     assert follower.changes == [(3, 1), (8, 2)]
 
 
+def test_leaving_the_follower_sets_the_largest_count_it_used():
+    """So that an enclosing flush_denormals, leaving, reaches every pool thread the run used."""
+    clock = [0.0]
+    with runtime.intra_op_threads(1):
+        with runtime.LoadFollower(1, sample=ScriptedLoad([2]), clock=lambda: clock[0]) as follower:
+            for step in (1, 2):
+                clock[0] += runtime.RECHECK_SECONDS
+                follower.poll(step)
+            assert follower.changes == [(2, 2)]
+            torch.set_num_threads(1)  # as a later look at a busier machine would
+        assert torch.get_num_threads() == 2
+
+
 def test_a_run_whose_thread_count_follows_a_changing_load_computes_the_same_numbers(monkeypatch):
     """Vectorised replicas under a load that comes and goes: the count changes mid-run (and the summary lists
     each change), every metric equals the run's on a fixed count."""

@@ -110,7 +110,8 @@ class LoadFollower:
     """Keeps torch's intra-op thread count at the cores other processes leave idle while a run trains: between
     two steps, at most every :data:`RECHECK_SECONDS`, :meth:`poll` reads the load since its last look. A new count
     is taken once two looks in a row agree on it, so that one noisy look does not resize the pool; a process that
-    starts (or ends) beside the run changes the count within about two looks."""
+    starts (or ends) beside the run changes the count within about two looks. Leaving it as a context sets the
+    largest count it used, so that an enclosing :func:`flush_denormals` restores every thread it reached."""
 
     def __init__(self, threads: int, sample: Callable[[], LoadSample] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -119,6 +120,15 @@ class LoadFollower:
         self._sample, self._clock = sample or LoadSample, clock
         self._since, self._due = self._sample(), clock() + RECHECK_SECONDS
         self._seen: int | None = None
+        self.most = threads
+
+    def __enter__(self) -> LoadFollower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.most)
 
     def poll(self, step: int) -> int | None:
         """Look at the load if it is time; the new count if it changed now (torch already uses it), else None."""
@@ -137,6 +147,7 @@ class LoadFollower:
         if flushes_denormals():  # threads the pool gains must flush too
             _set_flush_denormal_everywhere(True)
         self.changes.append((step, idle))
+        self.most = max(self.most, idle)
         return idle
 
 

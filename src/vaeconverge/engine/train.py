@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -248,8 +249,9 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
         return norms
 
     follower = LoadFollower(chosen.threads) if chosen.follows_load else None
-    interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
-                            squared_norms, "train", progress, start, follower)
+    with follower or nullcontext():
+        interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
+                                squared_norms, "train", progress, start, follower)
 
     loop = {"streams": [_stream_state(g, b) for g, b in zip(generators, batches, strict=True)],
             "noise": None if noise is generators else [g.get_state() for g in noise], "device": device.type,
