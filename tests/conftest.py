@@ -23,6 +23,15 @@ def make_linear_vae(data_dim: int = 5, latent_dim: int = 2, seed: int = 0, learn
     return model
 
 
+def tiny_sweep(steps: int, eval_every: int, grid: str = "", **base: object) -> str:
+    """A sweep file of tiny digits MLPs (8 hidden units, one layer, latent 2, no constants probes): its ``[base]``
+    with ``base``'s extra keys, then ``grid``, the ``[grid]`` table's lines, if any."""
+    lines = ['name = "tiny"', "[base]", 'data = "digits"', "hidden = 8", "depth = 1", "latent-dim = 2",
+             f"steps = {steps}", f"eval_every = {eval_every}", "constants = false",
+             *(f"{key} = {value!r}" for key, value in base.items())]
+    return "\n".join(lines) + "\n" + (f"[grid]\n{grid}" if grid else "")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """The suite's models are tiny: threads gain nothing, and on a busy machine they slow runs many-fold."""

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_sweep
 
 from vaeconverge.cli import main
 from vaeconverge.report.mlflow_log import artifact_location, open_tracking
@@ -24,19 +25,7 @@ from mlflow import MlflowClient
 
 TINY = ["--hidden", "8", "--depth", "1", "--latent-dim", "2", "--steps", "20", "--eval-every", "10",
         "--no-constants", "--quiet"]
-SWEEP = """
-name = "tiny"
-[base]
-data = "digits"
-hidden = 8
-depth = 1
-latent-dim = 2
-steps = 20
-eval_every = 10
-constants = false
-[grid]
-batch_size = [16, 32]
-"""
+SWEEP = tiny_sweep(20, 10, "batch_size = [16, 32]\n")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_sweep
 from torch import nn
 
 from vaeconverge import ELBO, ConvergenceMonitor
@@ -43,19 +44,7 @@ from vaeconverge.sweeps import InProcess, Store, parse_spec, run_sweep
 
 TINY = {"data": "digits", "hidden": 8, "depth": 1, "latent_dim": 2, "batch_size": 16, "steps": 6, "eval_every": 3,
         "constants": False}
-SWEEP_BASE = """
-name = "tiny"
-[base]
-data = "digits"
-hidden = 8
-depth = 1
-latent-dim = 2
-batch-size = 16
-steps = 6
-eval-every = 3
-constants = false
-lr = 0.01
-"""
+SWEEP_BASE = tiny_sweep(6, 3, batch_size=16, lr=0.01)
 
 
 def _is_nesterov(optimizer: torch.optim.Optimizer) -> bool:

@@ -5,6 +5,7 @@ per seed is tested in test_cli.py, the monitor's in test_monitor.py.)"""
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_sweep
 
 from vaeconverge.cli import main
 from vaeconverge.sweeps import Store
@@ -13,20 +14,7 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-SWEEP = """
-name = "tiny"
-[base]
-data = "digits"
-hidden = 8
-depth = 1
-latent-dim = 2
-steps = 20
-eval_every = 10
-constants = false
-[grid]
-batch_size = [16, 32]
-optimizer = ["sgd", "adam"]
-"""
+SWEEP = tiny_sweep(20, 10, 'batch_size = [16, 32]\noptimizer = ["sgd", "adam"]\n')
 
 
 def hparams_of(events: EventAccumulator) -> dict[str, object]:
