@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .registry import lazy_exports
-from .runtime import DEVICES
+from .runtime import DEVICES, PRECISIONS
 from .validation import (
     ConfigError,
     as_tuple,
@@ -90,6 +90,7 @@ class RunConfig:
     threads: int | None = None  # intra-op threads; None: chosen from the step's size (engine/plan.py)
     denormals: str = "flush"  # one of DENORMALS (runtime.py)
     device: str = "auto"  # one of runtime.DEVICES: auto is CUDA where available
+    precision: str = "float32"  # one of runtime.PRECISIONS: bf16 trains the networks under autocast
     # diagnostics
     eval_every: int | None = None  # None: ``eval_points`` checkpoints (see engine.recorder.evaluation_steps)
     eval_points: int | None = None  # None: as many as the checkpoint budget allows (engine.recorder)
@@ -112,7 +113,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid option; return ``self`` otherwise."""
-        from .nn import ACTIVATIONS, MODELS
+        from .nn import ACTIVATIONS, MODELS, model_spec
         from .objectives import OBJECTIVES, objective_options
         from .optim import OPTIMIZERS
 
@@ -125,6 +126,7 @@ class RunConfig:
         check_choice("--schedule", self.schedule, SCHEDULES)
         check_choice("--denormals", self.denormals, DENORMALS)
         check_choice("--device", self.device, DEVICES)
+        check_choice("--precision", self.precision, PRECISIONS)
         for option, value in (
             ("--latent-dim", self.latent_dim),
             ("--hidden", self.hidden),
@@ -153,6 +155,9 @@ class RunConfig:
             raise ConfigError(
                 "--softclip-s1", f"must be below --softclip-s2 (got {self.softclip_s1} >= {self.softclip_s2})"
             )
+        if self.precision != "float32" and model_spec(self.model).linear:
+            raise ConfigError("--precision", f"{self.precision} is for the networks' products; the linear model is "
+                                             "probabilistic PCA, computed exactly in float32")
         if not self.data:
             raise ConfigError("--data", "must name a built-in data set or a file")
         if self.clip_grad_norm is not None:

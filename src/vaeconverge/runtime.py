@@ -1,4 +1,5 @@
-"""Where the arithmetic runs: the cores this process may use, its memory, intra-op threads, and denormal floats.
+"""Where the arithmetic runs: the cores this process may use, its memory, intra-op threads, the device, the
+networks' precision, and denormal floats.
 
 The lowest floor of the package but for ``validation``: the engine, the data loaders and the commands ask it.
 
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -165,6 +166,38 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("--device", "cuda: this machine has no CUDA device that torch can use (torch "
                                       f"{torch.__version__}); use --device cpu or auto")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+PRECISIONS = ("float32", "bf16")
+
+
+def network_precision(name: str, device: torch.device) -> AbstractContextManager[object]:
+    """Where training runs the networks: ``float32`` changes nothing; ``bf16`` is torch's autocast to bfloat16 on
+    ``device``, under which the networks' products (linear, conv) run in bfloat16 while the weights, the optimizer
+    and the objective's arithmetic after the networks (``models/vae.py`` casts their outputs back) stay float32.
+    A GPU without bfloat16 is a :class:`ConfigError`."""
+    import torch
+
+    if name not in PRECISIONS:
+        raise ConfigError("--precision", f"unknown value {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if name == "float32":
+        return nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision", f"bf16: {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; "
+                                         "use --precision float32")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def precision_note(name: str, device: torch.device) -> str | None:
+    """A line for the user where ``name`` will run slowly on ``device``: bfloat16 on a CPU without bfloat16
+    arithmetic (oneDNN's test, which needs AVX-512 or newer), which torch then emulates."""
+    import torch
+
+    if name != "bf16" or device.type != "cpu":
+        return None
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    return None if supported else ("--precision bf16: this CPU has no bfloat16 arithmetic, so torch emulates it, many "
+                                   "times slower than float32 (bf16 is for GPUs that have it)")
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from .. import config as cfg
 from ..config import ConfigError, RunConfig, SyntheticConfig
-from ..runtime import DEVICES, available_cores, graceful_stop
+from ..runtime import DEVICES, PRECISIONS, available_cores, graceful_stop
 
 if TYPE_CHECKING:
     from ..sweeps import Executor, Store
@@ -24,6 +24,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 DEVICE_HELP = ("where the replicas train: auto (default) is CUDA where torch sees a GPU, else the CPU; the data "
                "stay on the host and go to the device a batch at a time")
+PRECISION_HELP = ("float32 (default) | bf16: train the networks' products (linear, conv) in bfloat16 under torch's "
+                  "autocast, for GPUs with bfloat16 arithmetic; weights, optimizer and diagnostics stay float32")
 DENORMALS_HELP = ("flush (default): denormal floats are zero while training, which keeps Adam from slowing down "
                   "several-fold once moments of weights with zero gradients decay into them; keep: IEEE arithmetic")
 OPTIMIZER_HELP = ("the update; sgd, adam-defossez and adagrad are the recursions a convergence bound covers (adam and "
@@ -226,6 +228,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                         "processes leave idle, followed while the run trains)")
     g.add_argument("--denormals", choices=cfg.DENORMALS, default=d.denormals, help=DENORMALS_HELP)
     g.add_argument("--device", choices=DEVICES, default=d.device, help=DEVICE_HELP)
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
 
     g = p.add_argument_group("diagnostics and output")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
@@ -559,6 +562,7 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data for every study instead of the embedded digits (as train's --data)")
     p.add_argument("--data-dir", help="folder of the local data sets (default: $VAECONVERGE_DATA or ./data)")
     p.add_argument("--device", choices=DEVICES, help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, help="--paper: " + PRECISION_HELP)
     p.add_argument("--out", type=Path, help="output directory (default: runs/reproduce, runs/reproduce-quick, "
                                             "runs/reproduce-paper)")
     p.add_argument("--jobs", type=int, help="runs at once (default: the number of cores; 1 with --paper, "
@@ -582,7 +586,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     try:
         with reproduce(out, args.quick, args.data, jobs, progress=not args.quiet, device=args.device,
                        studies=args.studies, data_dir=args.data_dir, paper=args.paper, epochs=args.epochs,
-                       yes=args.yes) as store:
+                       yes=args.yes, precision=args.precision) as store:
             page, verdicts = write_report(store, out)
             counts = store.counts()
             _print_failures(store, [name for name, _ in store.sweeps()])

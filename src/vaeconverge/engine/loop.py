@@ -131,6 +131,7 @@ def run_steps(
     progress: bool = True,
     start: int = 0,
     threads: LoadFollower | None = None,
+    notes: Sequence[str] = (),
 ) -> bool:
     """Steps ``start`` + 1 .. ``steps`` of :func:`take_step`: ``batch_losses()`` gives every replica's loss (T,) on its
     next batch, ``squared_norms`` returns each replica's squared gradient norm (and may clip in place), the
@@ -138,7 +139,7 @@ def run_steps(
     the run resumes from ``start``, which it recorded). Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops
     at the end of the step it arrives in, recorded; returns whether it did. Once the loop has ended, further
     signals are held until the run is written. ``threads``, if given, fits the intra-op thread count to the load
-    between steps."""
+    between steps. ``notes``: lines shown before the first step."""
     bar = Progress(steps, desc, "step", progress, initial=start)
 
     def record(step: int, lr: float) -> int:
@@ -153,6 +154,8 @@ def run_steps(
     lr = optimizer.param_groups[0]["lr"]
     done = recorded = start
     with bar:
+        for line in notes:
+            bar.note(line)
         if start == 0:
             if 0 in recorder.probe_steps:
                 bar.note(CONSTANTS_NOTE)

@@ -28,6 +28,8 @@ from ..runtime import (
     LoadSample,
     flush_denormals,
     intra_op_threads,
+    network_precision,
+    precision_note,
     require_memory,
     resolve_device,
     to_device,
@@ -240,7 +242,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
         optimizer.load_state_dict(resume_from["optimizer"])
         scheduler.last_epoch = resume_from["scheduler"]["last_epoch"]
         recorder.restore(resume_from["loop"]["recorder"], start)
-    batch_losses = replica_batch_losses(ensemble, x, batches, noise)
+    batch_losses = replica_batch_losses(ensemble, x, batches, noise, config.precision)
 
     def squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
         norms = ensemble.squared_norms(grads)
@@ -250,8 +252,9 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
 
     follower = LoadFollower(chosen.threads) if chosen.follows_load else None
     with follower or nullcontext():
+        note = precision_note(config.precision, device)
         interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
-                                squared_norms, "train", progress, start, follower)
+                                squared_norms, "train", progress, start, follower, [note] if note else [])
 
     loop = {"streams": [_stream_state(g, b) for g, b in zip(generators, batches, strict=True)],
             "noise": None if noise is generators else [g.get_state() for g in noise], "device": device.type,
@@ -275,17 +278,21 @@ def replica_streams(seeds: Sequence[int], x: torch.Tensor, batch_size: int, devi
 
 
 def replica_batch_losses(ensemble: Ensemble, x: torch.Tensor, batches: Sequence[PermutationBatches],
-                         noise: Sequence[torch.Generator]) -> Callable[[], torch.Tensor]:
+                         noise: Sequence[torch.Generator], precision: str = "float32") -> Callable[[], torch.Tensor]:
     """A function giving every replica's mean surrogate loss (T,) on its next batch of the host's ``x`` (one gather
-    for all replicas, moved to the ensemble's device) under its next noise draw."""
+    for all replicas, moved to the ensemble's device) under its next noise draw, with the networks in
+    ``precision`` (``runtime.network_precision``; the diagnostics, which evaluate elsewhere, stay float32)."""
     samples, latent_dim, device = ensemble.objective.samples, ensemble.latent_dim, ensemble.device
+    networks = network_precision(precision, device)
 
     def batch_losses() -> torch.Tensor:
         rows = x[torch.stack([b.next_indices() for b in batches])]
         xb = as_float(to_device(rows, device))
         eps = torch.stack([draw_noise(samples, b.batch_size, latent_dim, g, xb.dtype)
                            for b, g in zip(batches, noise, strict=True)])
-        return -ensemble.surrogate(xb, eps).mean(-1)
+        with networks:
+            values = ensemble.surrogate(xb, eps)
+        return -values.mean(-1)
 
     return batch_losses
 

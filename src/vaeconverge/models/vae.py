@@ -111,7 +111,8 @@ class GaussianEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> DiagonalGaussian:
         h = self.body(self.standardise(x))
-        return DiagonalGaussian(self.mean(h), self.logvar(h))
+        # in x's precision: under bf16 autocast only the networks' products run in bfloat16
+        return DiagonalGaussian(self.mean(h).to(x.dtype), self.logvar(h).to(x.dtype))
 
 
 class LinearEncoder(Encoder):
@@ -234,7 +235,7 @@ class VAE(nn.Module):
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p_theta(x | z) for x (B, D) and samples z (K, B, latent_dim); returns shape (K, B)."""
-        return self.likelihood.log_prob(x.unsqueeze(-3), self.decoder(z))
+        return self.likelihood.log_prob(x.unsqueeze(-3), self.decoder(z).to(x.dtype))
 
     def exact_log_prob(self, x: torch.Tensor) -> torch.Tensor | None:
         """Exact log p_theta(x) per example where the model admits it in closed form, else None."""

@@ -105,7 +105,7 @@ def seconds_per_step(config: RunConfig, x: torch.Tensor) -> float:
     params = ensemble.parameters()
     optimizer = build_optimizer(config.optimizer, params, config.lr, config.momentum, config.adam_betas)
     _, noise, batches = replica_streams(config.replica_seeds, x, config.batch_size, device)
-    batch_losses = replica_batch_losses(ensemble, x, batches, noise)
+    batch_losses = replica_batch_losses(ensemble, x, batches, noise, config.precision)
 
     def step() -> None:
         take_step(batch_losses, params, optimizer, ensemble.squared_norms)

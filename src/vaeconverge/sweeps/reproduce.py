@@ -26,10 +26,12 @@ STORE_NAME = "results.db"
 
 
 def paper_studies(quick: bool = False, data: str | None = None, device: str | None = None,
-                  studies: Sequence[str] = (), data_dir: str | None = None, paper: bool = False) -> list[SweepSpec]:
+                  studies: Sequence[str] = (), data_dir: str | None = None, paper: bool = False,
+                  precision: str | None = None) -> list[SweepSpec]:
     """The studies named by ``studies`` (default: every one, less those not quick by default when ``quick``), in
-    file-name order, with the ``quick``, ``data``, ``device`` and ``data_dir`` overrides applied to their base (the
-    device and the folder change where runs execute and read, not their identity in the store); ``paper``: the
+    file-name order, with the ``quick``, ``data``, ``device``, ``data_dir`` and ``precision`` overrides applied to
+    their base (the device and the folder change where runs execute and read, not their identity in the store; a
+    precision other than float32 does change it); ``paper``: the
     studies marked ``paper = true`` instead of the others. An unknown name, or one of the other kind, is a
     ConfigError."""
     folder = resources.files("vaeconverge") / "experiments"
@@ -46,25 +48,27 @@ def paper_studies(quick: bool = False, data: str | None = None, device: str | No
         if spec.paper != paper or ((spec.name not in studies) if studies else (quick and not spec.quick_by_default)):
             continue
         spec = spec.quickened(QUICK) if quick else spec
-        overrides = {key: value for key, value in (("data", data), ("device", device), ("data_dir", data_dir))
-                     if value}
+        overrides = {key: value for key, value in (("data", data), ("device", device), ("data_dir", data_dir),
+                                                   ("precision", precision)) if value}
         specs.append(dataclasses.replace(spec, base={**spec.base, **overrides}))
     return specs
 
 
 def reproduce(out: Path, quick: bool, data: str | None, jobs: int, progress: bool, device: str | None = None,
               studies: Sequence[str] = (), data_dir: str | None = None, paper: bool = False,
-              epochs: int | None = None, yes: bool = False) -> Store:
+              epochs: int | None = None, yes: bool = False, precision: str | None = None) -> Store:
     """Run the studies (:func:`paper_studies`) into ``out/results.db`` (resuming what it holds) and return the open
     store (closed again if the sweeps stop on an error or an interrupt). ``paper``: the paper's studies, sized
     from their data to ``epochs`` epochs (default :data:`.paper.PAPER_EPOCHS`) and estimated first; on a CPU an
-    estimate above the limit stops here, before anything is written, unless ``yes`` (:func:`.paper.prepare`)."""
+    estimate above the limit stops here, before anything is written, unless ``yes`` (:func:`.paper.prepare`).
+    ``precision`` (``--paper`` only): the networks' precision in training (``runtime.network_precision``)."""
     if paper and (quick or data):
         raise ConfigError("--quick" if quick else "--data", "not with --paper, whose studies read their own data "
                                                             "(cifar100, celeba); shorten its runs with --epochs E")
-    if not paper and (epochs is not None or yes):
-        raise ConfigError("--epochs" if epochs is not None else "--yes", "applies only with --paper")
-    specs = paper_studies(quick, data, device, studies, data_dir, paper)
+    if not paper and (epochs is not None or yes or precision):
+        option = "--epochs" if epochs is not None else "--yes" if yes else "--precision"
+        raise ConfigError(option, "applies only with --paper")
+    specs = paper_studies(quick, data, device, studies, data_dir, paper, precision)
     if paper:
         specs = prepare(specs, out / STORE_NAME, PAPER_EPOCHS if epochs is None else epochs, device, yes, progress)
     else:
