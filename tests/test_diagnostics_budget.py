@@ -4,15 +4,17 @@ MLP keeps the large chunks that make its checkpoints fast."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
 import torch
 
 from vaeconverge import RunConfig
+from vaeconverge.data import Dataset
 from vaeconverge.engine import plan as plan_module
 from vaeconverge.engine.plan import step_cost
-from vaeconverge.engine.train import build_ensemble
+from vaeconverge.engine.train import EnsembleSubject, build_ensemble
 from vaeconverge.models import build_vae
 from vaeconverge.objectives import build_objective
 
@@ -40,6 +42,8 @@ def test_the_papers_conv_net_is_chunked_to_the_budget():
     assert plan_module.MIN_PROBE_EXAMPLES <= probe < plan_module.PROBE_EXAMPLES
     held = probe * 2 * (2 * 4 * cost.parameters + cost.example_bytes)
     assert held <= plan_module.DIAGNOSTICS_BYTES
+    hvp = cost.hvp_chunk()  # the smoothness probe's 512 examples go in terms of a forward-over-reverse pass each
+    assert 1 <= hvp < 512 and 2 * hvp * cost.example_bytes + cost.lanczos_bytes() <= plan_module.DIAGNOSTICS_BYTES
 
 
 @pytest.mark.parametrize("budget", [2**20, 2**40])
@@ -54,4 +58,17 @@ def test_a_run_takes_its_chunk_and_probe_sizes_from_its_plan():
     x = torch.rand(300, 3 * 32 * 32)
     _, chosen = build_ensemble(RunConfig(model="conv32", latent_dim=8, batch_size=16), x)
     cost = cost_of(RunConfig(model="conv32", latent_dim=8, batch_size=16), 3 * 32 * 32)
-    assert (chosen.eval_chunk, chosen.probe_examples) == (cost.eval_chunk(), cost.probe_examples())
+    assert (chosen.eval_chunk, chosen.hvp_chunk, chosen.probe_examples) == (
+        cost.eval_chunk(), cost.hvp_chunk(), cost.probe_examples())
+
+
+def test_a_conv_runs_smoothness_probe_goes_in_terms_of_its_hvp_chunk(monkeypatch):
+    monkeypatch.setattr(plan_module, "DIAGNOSTICS_BYTES", 2**20)
+    x = torch.rand(40, 3 * 32 * 32)
+    config = RunConfig(model="conv32", latent_dim=8, batch_size=4, seeds=(0, 1))
+    ensemble, chosen = build_ensemble(config, x)
+    subject = EnsembleSubject(ensemble, Dataset("random", x), config, chosen)
+    terms, params = subject.fixed_noise_loss(1, torch.Generator().manual_seed(0), seed=1)
+    assert len(terms) == math.ceil(len(x) / chosen.hvp_chunk) > 1
+    assert set(params) == {f"model.{name}" for name, p in ensemble.replica(1).named_parameters() if p.requires_grad}
+    assert torch.isfinite(terms[-1](params))

@@ -19,6 +19,7 @@ from vaeconverge import ConfigError, ConvergenceMonitor, RunConfig
 from vaeconverge.config import OPTIMIZERS
 from vaeconverge.data import PermutationBatches, load_dataset
 from vaeconverge.diagnostics import L_MARGIN
+from vaeconverge.engine import plan as plan_module
 from vaeconverge.engine import train
 from vaeconverge.engine.recorder import METRIC_COLUMNS
 from vaeconverge.models import build_vae
@@ -158,10 +159,14 @@ def test_a_dataloader_of_x_y_tuples_and_a_plain_tensor_give_the_same_numbers():
     assert on_tensor.metrics[-1]["objective"] < on_tensor.metrics[0]["objective"]
 
 
-def test_constants_of_least_squares_match_their_closed_forms():
+@pytest.mark.parametrize("budget", [None, 2000], ids=["one-term", "in-terms"])
+def test_constants_of_least_squares_match_their_closed_forms(budget, monkeypatch):
     """Linear least squares, loss_i = (w.x_i + b - y_i)^2 / 2: L is the top eigenvalue of (1/n) sum a_i a_i^T
     (a_i = (x_i, 1)), sigma_x^2 the total variance of the per-example gradients r_i a_i, and sigma_eps^2 = 0 (no
-    noise); the SGD bound is Ghadimi-Lan's with the measured step sizes."""
+    noise); the SGD bound is Ghadimi-Lan's with the measured step sizes. A memory budget of a few examples splits
+    the Hessian's products into terms of its examples, with the same L."""
+    if budget is not None:
+        monkeypatch.setattr(plan_module, "DIAGNOSTICS_BYTES", budget)
     torch.manual_seed(2)
     n = 200
     x = torch.randn(n, 3, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
@@ -177,6 +182,7 @@ def test_constants_of_least_squares_match_their_closed_forms():
     with torch.no_grad():
         w0, b0 = model.weight.clone(), model.bias.clone()
     monitor = ConvergenceMonitor(model, squared_error, [(x, y)], 40, batch_size=8, constants=True)
+    assert (monitor._subject.hvp_chunk < n) == (budget is not None)
     for _ in range(40):
         index = torch.randint(n, (8,))
         optimizer.zero_grad()

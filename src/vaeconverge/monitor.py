@@ -33,7 +33,9 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import ConfigError
 from .diagnostics import unbiased_squared_norm
+from .diagnostics.constants import Loss
 from .diagnostics.grad_norms import EVAL_GROUPS, add_to_group, evaluation_chunks
+from .engine.plan import StepCost, step_cost
 from .engine.recorder import SNR_GROUPS, ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from .nn.activations import non_smooth_activation
 from .optim import DEFAULT_EPS, bound_family, uncovered_reason
@@ -45,9 +47,8 @@ from .validation import check_snr_draws
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
-# Examples the constants probes use, as in train: the Hessian's Lanczos iteration, and per-example gradients.
+# Examples the smoothness probe's Lanczos iteration uses, as in train (in terms sized by the model's StepCost).
 SMOOTHNESS_EXAMPLES = 512
-NOISE_EXAMPLES = 256
 
 
 class _LossModule(nn.Module):
@@ -69,10 +70,10 @@ class _UserLoop(Subject):
     buffers."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Tensor | Iterable[Any], batch_size: int,
-                 samples: int, eval_samples: int, seed: int, chunk_size: int) -> None:
+                 samples: int, eval_samples: int, seed: int, chunk_size: int | None) -> None:
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.seeds, self.batch_size, self.samples = (seed,), batch_size, samples
-        self.eval_samples, self.chunk_size = eval_samples, chunk_size
+        self.eval_samples = eval_samples
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError("model", "has no trainable parameters")
@@ -82,6 +83,17 @@ class _UserLoop(Subject):
         self.n_examples = self.dim = 0
         self.floor: ObjectiveFloor | None = None
         self.snr_groups: dict[str, list[int]] = {}  # group -> positions in ``params`` (ConvergenceMonitor's snr_groups)
+        cost = self._step_cost()
+        self.chunk_size, self.hvp_chunk, self.probe_examples = (
+            chunk_size or cost.eval_chunk(), cost.hvp_chunk(), cost.probe_examples())
+
+    def _step_cost(self) -> StepCost:
+        """The cost of the loss on one training batch (its forward run once, without gradients, isolated), which
+        sizes the checkpoints' chunks and the probes as ``train``'s plan does (``engine/plan.py``)."""
+        with self._isolated(diagnostics_seed(self.seeds[0])):
+            batch = self._probe_batch(self.batch_size, torch.Generator().manual_seed(self.seeds[0]))
+            rows = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+            return step_cost(self.model, self._losses, rows, batch)
 
     def objective_floor(self) -> ObjectiveFloor | None:
         return self.floor
@@ -139,19 +151,28 @@ class _UserLoop(Subject):
                                   f"jvp, vmap), which this one is not ({exc}); pass constants=False") from exc
 
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
-                         ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor]]:
+                         ) -> tuple[list[Loss], dict[str, Tensor]]:
+        """The mean loss over the probe's examples as terms of at most ``hvp_chunk`` examples, term c's noise
+        seeded by ``seed + c`` at every evaluation (the Hessian of one function)."""
         batch = self._probe_batch(SMOOTHNESS_EXAMPLES, generator)
+        n = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
 
-        def loss(p: dict[str, Tensor]) -> Tensor:
-            torch.manual_seed(seed)  # the same noise at every evaluation: the Hessian of one function
-            return functional_call(self._module, p, (batch,)).mean()
+        def term(c: int, rows: slice) -> Loss:
+            part = _map_tensors(lambda t: t[rows], batch)
 
-        return loss, self._snapshot()
+            def loss(p: dict[str, Tensor]) -> Tensor:
+                torch.manual_seed(seed + c)
+                return functional_call(self._module, p, (part,)).sum() / n
+
+            return loss
+
+        starts = range(0, n, self.hvp_chunk)
+        return [term(c, slice(start, start + self.hvp_chunk)) for c, start in enumerate(starts)], self._snapshot()
 
     def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> Tensor:
         """Per-example loss gradients under two independent noise draws, shape (n, 2, P), by ``torch.func.vmap``
         over examples of ``torch.func.grad`` (each example its own noise)."""
-        batch = self._probe_batch(NOISE_EXAMPLES, generator)
+        batch = self._probe_batch(self.probe_examples, generator)
 
         def example_loss(p: dict[str, Tensor], example: Any) -> Tensor:
             return functional_call(self._module, p, (_map_tensors(lambda t: t.unsqueeze(0), example),)).sum()
@@ -279,6 +300,8 @@ class ConvergenceMonitor:
     delta provable (without it delta is measured against the lowest objective seen, an estimate). Give
     ``optimizer`` to hook
     its steps; otherwise call :meth:`step` right after every ``optimizer.step()`` (before the scheduler's).
+    ``chunk_size`` is the rows of a tensor evaluated at once at a checkpoint (default: as many as the memory
+    budget holds for this model and loss, measured on one training batch, as ``train`` sizes its chunks).
     ``snr_groups`` names parameter groups, ``{"encoder": model.encoder.parameters(), "decoder": ...}`` (either or
     both keys), whose gradient signal-to-noise ratio is recorded at every checkpoint from ``snr_draws`` minibatch
     gradients (the ``snr_*`` columns; those of a group not given stay NaN).
@@ -301,7 +324,7 @@ class ConvergenceMonitor:
         constants: bool = False,
         objective_floor: float | None = None,
         seed: int = 0,
-        chunk_size: int = 2048,
+        chunk_size: int | None = None,
         snr_groups: Mapping[str, Iterable[Tensor]] | None = None,
         snr_draws: int = 32,
     ) -> None:
@@ -327,8 +350,9 @@ class ConvergenceMonitor:
         self._start = time.perf_counter()
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.steps, self.batch_size, self.samples = steps, batch_size, samples
-        self.eval_samples, self.seed, self.chunk_size = eval_samples, seed, chunk_size
+        self.eval_samples, self.seed = eval_samples, seed
         self._subject = _UserLoop(model, loss_fn, data, batch_size, samples, eval_samples, seed, chunk_size)
+        self.chunk_size = self._subject.chunk_size
         if objective_floor is not None:
             self._subject.floor = ObjectiveFloor(float(objective_floor), f"objective_floor={objective_floor:g}, "
                                                  "given to the monitor")

@@ -25,7 +25,7 @@ model is never modified and its parameters' ``.grad`` fields are left untouched.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,15 @@ from ..objectives import Objective, ObjectiveModule, draw_noise
 from ..runtime import to_device
 
 Params = dict[str, Tensor]
+Loss = Callable[[Params], Tensor]
+"""A scalar function of the trainable parameters, whose Hessian gives L."""
+
+LANCZOS_VECTORS = 6
+"""Lanczos vectors ARPACK keeps in :func:`hessian_norm` (``eigsh``'s ``ncv``; its default, 20, held 269 MB on
+the 1.5M-parameter conv32 and needed more products to converge there, 21 against 16)."""
+LANCZOS_COPIES = LANCZOS_VECTORS + 6
+"""float64 copies of the parameters :func:`hessian_norm` holds at once: the Lanczos basis, ARPACK's work vectors
+and one product's conversions."""
 
 L_MARGIN = 1.02
 """Safety factor of :func:`smoothness_estimate` on the converged Lanczos value of :func:`hessian_norm`.
@@ -88,22 +97,30 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _forward_over_reverse_hvp(loss: Callable[[Params], Tensor], params: Params) -> Callable[[Params], Params]:
-    grad_fn = grad(loss)
+def _forward_over_reverse_hvp(terms: Sequence[Loss], params: Params) -> Callable[[Params], Params]:
+    grad_fns = [grad(term) for term in terms]
 
     def hvp(v: Params) -> Params:
-        return jvp(grad_fn, (params,), (v,))[1]
+        return _summed(jvp(grad_fn, (params,), (v,))[1] for grad_fn in grad_fns)
 
     return hvp
 
 
-def _reverse_over_reverse_hvp(loss: Callable[[Params], Tensor], params: Params) -> Callable[[Params], Params]:
-    _, vjp_fn = vjp(grad(loss), params)  # the Hessian is symmetric: v^T H = (H v)^T
+def _reverse_over_reverse_hvp(terms: Sequence[Loss], params: Params) -> Callable[[Params], Params]:
+    # the Hessian is symmetric: v^T H = (H v)^T. One term keeps its backward graph across products; several
+    # rebuild theirs at each product, so that only one term's graph is held at a time.
+    if len(terms) == 1:
+        _, vjp_fn = vjp(grad(terms[0]), params)
+        return lambda v: vjp_fn(v)[0]
+    return lambda v: _summed(vjp(grad(term), params)[1](v)[0] for term in terms)
 
-    def hvp(v: Params) -> Params:
-        return vjp_fn(v)[0]
 
-    return hvp
+def _summed(products: Iterator[Params]) -> Params:
+    """The sum of the terms' Hessian-vector products (at least one), each computed once the last is added."""
+    total = next(products)
+    for product in products:
+        total = {name: total[name] + value for name, value in product.items()}
+    return total
 
 
 class _NonFiniteProduct(Exception):
@@ -111,13 +128,14 @@ class _NonFiniteProduct(Exception):
 
 
 def hessian_norm(
-    loss: Callable[[dict[str, Tensor]], Tensor],
+    loss: Loss | Sequence[Loss],
     params: dict[str, Tensor],
     generator: torch.Generator | None = None,
     tol: float = 1e-6,
 ) -> float:
     """The largest |eigenvalue| of the Hessian of the scalar ``loss(params)`` at ``params``, by Lanczos run to
-    convergence.
+    convergence. ``loss`` may also be a sequence of terms whose sum is the loss: each product is then the sum of
+    the terms' products, computed one after another, so that a large model holds one term's passes at a time.
 
     ``scipy.sparse.linalg.eigsh(k=1, which="LM", tol=tol)`` (implicitly restarted Lanczos, ARPACK) on a
     ``LinearOperator`` whose products are Hessian-vector products computed forward-over-reverse,
@@ -125,9 +143,10 @@ def hessian_norm(
     float64 vectors on the Lanczos side; the Hessian is never formed. ARPACK stops once the Ritz value's
     residual is within ``tol`` of it relative, which bounds its relative distance to an eigenvalue; being a
     Ritz value it lies inside the spectrum, below the largest |eigenvalue| (hence :data:`L_MARGIN` in
-    :func:`smoothness_estimate`). Should ARPACK not converge within 1000 restarts (about 19 products each)
-    a ``RuntimeError`` says so. With at most 2 parameters (too few for ARPACK) the Hessian is formed from the
-    products with the basis vectors and its eigenvalues are exact (``numpy.linalg.eigvalsh``).
+    :func:`smoothness_estimate`). ARPACK keeps :data:`LANCZOS_VECTORS` vectors; should it not converge within
+    1000 restarts (about as many products each) a ``RuntimeError`` says so. With at most 2 parameters (too few
+    for ARPACK) the Hessian is formed from the products with the basis vectors and its eigenvalues are exact
+    (``numpy.linalg.eigvalsh``).
 
     The start vector, n standard normals for n parameters, is drawn first from ``generator`` (from torch's
     global generator without one) whatever n, so that the value is reproducible and the draws that follow on
@@ -148,7 +167,10 @@ def hessian_norm(
     device = generator.device if generator is not None else None
     start = torch.randn(n, generator=generator, dtype=torch.float64, device=device).cpu().numpy()
 
-    products = [_forward_over_reverse_hvp(loss, params)]
+    terms = [loss] if callable(loss) else list(loss)
+    if not terms:
+        raise ValueError("the loss has no terms")
+    products = [_forward_over_reverse_hvp(terms, params)]
 
     def matvec(v: np.ndarray) -> np.ndarray:
         pieces = torch.tensor(np.asarray(v, dtype=np.float64).reshape(-1)).split(sizes)
@@ -159,7 +181,7 @@ def hessian_norm(
         except (RuntimeError, NotImplementedError):  # an op without a forward-mode derivative
             if len(products) > 1:
                 raise
-            products.append(_reverse_over_reverse_hvp(loss, params))
+            products.append(_reverse_over_reverse_hvp(terms, params))
             product = products[-1](tangent)
         out = torch.cat([product[name].reshape(-1) for name in params]).to("cpu", torch.float64).numpy()
         if not np.isfinite(out).all():
@@ -173,7 +195,8 @@ def hessian_norm(
             dense = np.column_stack([matvec(column) for column in np.eye(n)])
             return float(np.abs(np.linalg.eigvalsh(0.5 * (dense + dense.T))).max())
         operator = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-        top = eigsh(operator, k=1, which="LM", v0=start, tol=tol, maxiter=1000, return_eigenvectors=False)
+        top = eigsh(operator, k=1, which="LM", v0=start, tol=tol, maxiter=1000, ncv=min(LANCZOS_VECTORS, n),
+                    return_eigenvectors=False)
     except _NonFiniteProduct:
         return math.nan
     except ArpackNoConvergence as error:
@@ -186,7 +209,7 @@ def hessian_norm(
 
 
 def smoothness_estimate(
-    loss: Callable[[dict[str, Tensor]], Tensor],
+    loss: Loss | Sequence[Loss],
     params: dict[str, Tensor],
     generator: torch.Generator | None = None,
 ) -> float:
@@ -201,22 +224,27 @@ def fixed_noise_loss(
     x: Tensor,
     generator: torch.Generator,
     max_examples: int = 512,
-) -> tuple[Callable[[Params], Tensor], Params]:
+    chunk: int | None = None,
+) -> tuple[list[Loss], Params]:
     """-(1/n) sum_i objective(x_i) as a function of the model's trainable parameters, with its Monte Carlo noise
-    drawn once and held fixed (so that its Hessian is that of one smooth function), and those parameters.
+    drawn once and held fixed (so that its Hessian is that of one smooth function), as the terms it sums over
+    chunks of at most ``chunk`` examples (one term without ``chunk``: see :func:`hessian_norm`), and those
+    parameters.
 
     Draws from ``generator``, in order: the subset (``randperm``, only when ``x`` has more than ``max_examples``
-    rows), then the noise ``draw_noise(objective.samples, n, latent_dim, generator, x.dtype)``.
+    rows), then the noise ``draw_noise(objective.samples, n, latent_dim, generator, x.dtype)``, whatever the chunks.
     """
     x = as_float(to_device(_subset(x, max_examples, generator), _device(model)))
-    eps = draw_noise(objective.samples, len(x), model.latent_dim, generator, x.dtype).to(x.device)
+    n = len(x)
+    eps = draw_noise(objective.samples, n, model.latent_dim, generator, x.dtype).to(x.device)
     wrapper = ObjectiveModule(model, objective)
     params, fixed = _split_state(wrapper)
 
-    def loss(p: Params) -> Tensor:
-        return -functional_call(wrapper, (p, fixed), (x, eps)).mean()
+    def term(rows: slice) -> Loss:
+        return lambda p: -functional_call(wrapper, (p, fixed), (x[rows], eps[:, rows])).sum() / n
 
-    return loss, params
+    size = n if chunk is None else chunk
+    return [term(slice(start, start + size)) for start in range(0, n, size)], params
 
 
 def smoothness(
@@ -225,11 +253,12 @@ def smoothness(
     x: Tensor,
     generator: torch.Generator,
     max_examples: int = 512,
+    chunk: int | None = None,
 ) -> float:
-    """L at the model's current parameters: :func:`smoothness_estimate` of :func:`fixed_noise_loss`, whose
-    draws come first from ``generator``, then the Lanczos start vector."""
-    loss, params = fixed_noise_loss(model, objective, x, generator, max_examples)
-    return smoothness_estimate(loss, params, generator=generator)
+    """L at the model's current parameters: :func:`smoothness_estimate` of :func:`fixed_noise_loss` (in terms of
+    at most ``chunk`` examples), whose draws come first from ``generator``, then the Lanczos start vector."""
+    terms, params = fixed_noise_loss(model, objective, x, generator, max_examples, chunk)
+    return smoothness_estimate(terms, params, generator=generator)
 
 
 def per_example_gradients(
@@ -302,14 +331,14 @@ def decompose_variance(grads: Tensor) -> VarianceParts:
     n, draws, _ = grads.shape
     if n < 2 or draws < 2:
         raise ValueError(f"need at least 2 examples and 2 draws, got n={n}, draws={draws}")
-    # Written out rather than Tensor.var: torch's variance over a short middle dimension is several times
-    # slower on CPU, and these tensors hold n x draws x (all parameters) entries.
-    mean = grads.mean(dim=1)
-    within = torch.zeros_like(mean)
-    for d in range(draws):
-        within += (grads[:, d] - mean).square_()
-    mc_terms = within.sum(dim=-1).double() / (draws - 1)  # (n,) per-example variances across draws
-    spread = (mean - mean.mean(dim=0)).square_().sum(dim=-1).double()  # (n,) squared deviations
+    # One example at a time: these tensors hold n x draws x (all parameters) entries, and a temporary of their
+    # size would double a large model's probe memory (engine/plan.py budgets one copy).
+    overall = grads.mean(dim=(0, 1))
+    mc_terms, spread = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    for i, rows in enumerate(grads):
+        mean = rows.mean(dim=0)
+        mc_terms[i] = (rows - mean).square_().sum().double() / (draws - 1)  # its variance across draws
+        spread[i] = (mean - overall).square_().sum().double()  # its mean's squared deviation
     between_terms = spread * (n / (n - 1)) - mc_terms / draws
     root_n = math.sqrt(n)
     return VarianceParts(
@@ -382,4 +411,4 @@ def noise_from_gradients(grads: Tensor, samples: int, examples_per_row: int = 1)
     between, mc_per_draw = decompose_variance(grads).upper(NOISE_UCB_Z)
     return GradientNoise(sigma2_x=examples_per_row * between,
                          sigma2_eps=examples_per_row * samples * mc_per_draw,
-                         R=grads.abs().amax().item())
+                         R=max(grads.amax().item(), -grads.amin().item()))

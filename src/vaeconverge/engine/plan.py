@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..diagnostics.constants import LANCZOS_COPIES
 from ..runtime import LoadSample
 
 # Floating-point operations of one replica's training step (forward and backward) from which replicas are
@@ -38,8 +39,9 @@ from ..runtime import LoadSample
 LOOP_FLOPS = 1e9
 
 
-# Examples per chunk of a checkpoint's full-data evaluation (diagnostics.grad_norms) at most, and examples whose
-# per-example gradients a constants probe holds at most and at least (diagnostics.constants).
+# Examples per chunk of a checkpoint's full-data evaluation (diagnostics.grad_norms) or of the smoothness probe's
+# Hessian-vector products at most, and examples whose per-example gradients a constants probe holds at most and at
+# least (diagnostics.constants).
 EVAL_CHUNK = 2048
 PROBE_EXAMPLES, MIN_PROBE_EXAMPLES = 256, 16
 # Memory a checkpoint's chunk or a constants probe may hold beyond training's own step: chunks and probes are
@@ -54,13 +56,15 @@ STATE_COPIES = 6
 class Plan:
     """``vectorised``: all replicas in one pass over stacked parameters, else one replica after another;
     ``threads``: intra-op, at the start; ``follows_load``: whether the count then follows the load
-    (``runtime.LoadFollower``); ``eval_chunk``: examples per chunk of a checkpoint; ``probe_examples``: examples
-    whose per-example gradients a constants probe takes."""
+    (``runtime.LoadFollower``); ``eval_chunk``: examples per chunk of a checkpoint; ``hvp_chunk``: examples per
+    term of the smoothness probe's Hessian-vector products; ``probe_examples``: examples whose per-example
+    gradients a constants probe takes."""
 
     vectorised: bool
     threads: int
     follows_load: bool = False
     eval_chunk: int = EVAL_CHUNK
+    hvp_chunk: int = EVAL_CHUNK
     probe_examples: int = PROBE_EXAMPLES
 
 
@@ -84,6 +88,18 @@ class StepCost:
         worth at least, :data:`EVAL_CHUNK` at most)."""
         return max(self.batch_size, min(EVAL_CHUNK, int(DIAGNOSTICS_BYTES // self.example_bytes)))
 
+    def hvp_chunk(self) -> int:
+        """Examples per term of a Hessian-vector product (forward-over-reverse: the passes' tensors and their
+        tangents, twice an example's pass): as many as :data:`DIAGNOSTICS_BYTES` holds beside the Lanczos
+        iteration's vectors, :data:`EVAL_CHUNK` at most."""
+        room = DIAGNOSTICS_BYTES - self.lanczos_bytes()
+        return max(1, min(EVAL_CHUNK, int(room // (2 * self.example_bytes))))
+
+    def lanczos_bytes(self) -> int:
+        """What the smoothness probe's Lanczos iteration holds beside its products: float64 copies of the
+        parameters (``diagnostics.constants.LANCZOS_COPIES``)."""
+        return LANCZOS_COPIES * 8 * self.parameters
+
     def probe_examples(self) -> int:
         """Examples of a constants probe: each holds two draws of its gradient (and a copy, flattened) and of its
         pass; as many as :data:`DIAGNOSTICS_BYTES` holds, between :data:`MIN_PROBE_EXAMPLES` and
@@ -93,13 +109,17 @@ class StepCost:
 
     def run_bytes(self, replicas: int, examples: int, probes: bool = True) -> tuple[float, float]:
         """An estimate of a run's peak memory beyond its data, in two parts: what grows with the parameters (their
-        copies, once per replica, and a constants probe's per-example gradients where the run ``probes``), and
+        copies, once per replica, and the larger of a constants probe's per-example gradients and its Lanczos
+        vectors where the run ``probes``), and
         what grows with the examples evaluated at once (a training step's or a checkpoint's chunk of up to
-        ``examples``, whichever is larger, once per replica, and a probe's passes)."""
+        ``examples``, whichever is larger, once per replica, and the larger of a probe's passes and one term of
+        its Hessian-vector products)."""
         chunk = self.example_bytes * max(self.batch_size, min(examples, self.eval_chunk()))
         draws = 2 * self.probe_examples() if probes else 0
-        return (replicas * STATE_COPIES * 4 * self.parameters + draws * 2 * 4 * self.parameters,
-                replicas * chunk + draws * self.example_bytes)
+        hvp = 2 * self.example_bytes * min(examples, self.hvp_chunk()) if probes else 0
+        probe_state = max(draws * 2 * 4 * self.parameters, self.lanczos_bytes() if probes else 0)
+        return (replicas * STATE_COPIES * 4 * self.parameters + probe_state,
+                replicas * chunk + max(draws * self.example_bytes, hvp))
 
 
 class _ForwardBytes(TorchDispatchMode):

@@ -17,7 +17,7 @@ import math
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..diagnostics import GradientNoise, GradientNormTracker, noise_from_gradients, smoothness_estimate
+from ..diagnostics.constants import Loss
 from ..diagnostics.seeds import seed_matrix
 from ..diagnostics.snr import gradient_snr
 from ..theory.assessment import ESTIMATED, Constants, assess_run
@@ -195,8 +196,9 @@ class Subject(ABC):
 
     @abstractmethod
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
-                         ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor]]:
-        """Replica t's loss as a function of its parameters with its noise held fixed, and those parameters:
+                         ) -> tuple[Loss | Sequence[Loss], dict[str, Tensor]]:
+        """Replica t's loss as a function of its parameters with its noise held fixed (or the terms it sums, each
+        evaluated on its own to bound the memory: ``diagnostics.constants.hessian_norm``), and those parameters:
         the function whose Hessian gives L. Draws, if any, come from ``generator``."""
 
     @abstractmethod

@@ -16,7 +16,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import full_objective_gradient
-from ..diagnostics.constants import example_gradient_draws, fixed_noise_loss
+from ..diagnostics.constants import Loss, example_gradient_draws, fixed_noise_loss
 from ..diagnostics.posterior import posterior_usage
 from ..diagnostics.snr import vae_gradient_draws
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
@@ -115,8 +115,9 @@ class EnsembleSubject(Subject):
         return out
 
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
-                         ) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], dict[str, torch.Tensor]]:
-        return fixed_noise_loss(self.ensemble.replica(t), self.ensemble.objective, self.x, generator)
+                         ) -> tuple[list[Loss], dict[str, torch.Tensor]]:
+        return fixed_noise_loss(self.ensemble.replica(t), self.ensemble.objective, self.x, generator,
+                                chunk=self.plan.hvp_chunk)
 
     def gradient_draws(self, t: int, generator: torch.Generator, seed: int) -> torch.Tensor:
         return example_gradient_draws(self.ensemble.replica(t), self.ensemble.objective, self.x, generator,
@@ -190,7 +191,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
         models.append(model.to(device))
     loop = optimizer_spec(config.optimizer).couples is not None or not stacks_replicas(models[0])
     chosen = replace(plan(cost.flops, len(models), config.threads, loop=loop, device=device, load=load),
-                     eval_chunk=cost.eval_chunk(), probe_examples=cost.probe_examples())
+                     eval_chunk=cost.eval_chunk(), hvp_chunk=cost.hvp_chunk(), probe_examples=cost.probe_examples())
     layout = VectorisedEnsemble if chosen.vectorised else LoopedEnsemble
     return layout(models, objective), chosen
 
