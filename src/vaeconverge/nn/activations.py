@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,21 +38,66 @@ class SoftClip(nn.Module):
         self._two_terms = self.s * (self.s2 - self.s1) / 2 < _NEGLIGIBLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SoftClipFunction.apply(x, self)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x), computed with torch's own derivatives (what :meth:`forward` computes, differentiated op by op)."""
         # f(x) = s1 + s2 - f(s1 + s2 - x): inputs above the midpoint are reflected below it, where f - s1 is a
         # sum of small or moderate terms (no cancellation of large values), so outputs stay inside [s1, s2] for
         # any input and f', f'' stay accurate in both tails. Softplus is linear past its threshold, so nothing
-        # overflows, and past the threshold its slope is 1 exactly (so f' never rounds above 1).
+        # overflows.
+        upper, y = self._reflected(x)
+        g = F.softplus(y - self.s1, beta=self.s, threshold=_LINEAR)
+        if self._two_terms:
+            g = g - F.softplus(y - self.s2, beta=self.s, threshold=_LINEAR)
+        return torch.where(upper, self.s2 - g, self.s1 + g)
+
+    def slope(self, x: torch.Tensor) -> torch.Tensor:
+        """f'(x) = sigmoid(s (y - s1)) - sigmoid(s (y - s2)) at the reflected input y (f' is symmetric about the
+        midpoint), in (0, 1]; differentiable, so that f'' and forward-over-reverse products follow from it."""
+        _, y = self._reflected(x)
+        d = torch.sigmoid(self.s * (y - self.s1))
+        if self._two_terms:
+            d = d - torch.sigmoid(self.s * (y - self.s2))
+        return d
+
+    def _reflected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which inputs lie above the midpoint, and the inputs with those reflected below it."""
         mid = 0.5 * (self.s1 + self.s2)
         upper = x > mid
-        y = torch.where(upper, 2.0 * mid - x, x)
-        g = F.softplus(self.s * (y - self.s1), threshold=_LINEAR)
-        if self._two_terms:
-            g = g - F.softplus(self.s * (y - self.s2), threshold=_LINEAR)
-        g = g / self.s
-        return torch.where(upper, self.s2 - g, self.s1 + g)
+        return upper, torch.where(upper, 2.0 * mid - x, x)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, s1={self.s1}, s2={self.s2}"
+
+
+class _SoftClipFunction(torch.autograd.Function):
+    """Soft-clipping with its derivative written out: the backward pass is one product with f'(x) computed from the
+    saved input, where differentiating the forward op by op would keep and traverse about ten intermediates.
+    ``slope`` is made of differentiable ops, so second derivatives (double backward, forward-over-reverse) and
+    ``torch.func`` transforms (grad, jvp, vmap) see the same function."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, clip: SoftClip) -> torch.Tensor:
+        return clip.value(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, SoftClip], output: torch.Tensor) -> None:
+        x, ctx.clip = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * ctx.clip.slope(x), None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, _: None) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return tangent * ctx.clip.slope(x)
 
 
 @dataclass(frozen=True)
