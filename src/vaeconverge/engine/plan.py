@@ -8,8 +8,8 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
   at once (stacked parameters, batched products) divides that overhead by T; above it the products keep the
   cores busy by themselves, so the replicas run one after another, as do models with layers that do not take
   stacked parameters.
-- Threads. A small step costs more in thread hand-offs than a second core gains, and one product on several
-  threads may split its reduction and round differently. So a single small replica runs on one thread;
+- Threads. One product on several threads may split its reduction and round differently, and a small step
+  gains little from a second core (at most 10% measured). So a single small replica runs on one thread;
   everything else on the cores other processes leave idle, chosen when the run starts and followed while it
   trains: an OpenMP thread that shares its core with a busy process holds up every parallel region (measured
   2-4x slower than one thread). T >= 2 small (vectorised) replicas share out whole replicas' products among
