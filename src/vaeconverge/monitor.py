@@ -92,7 +92,7 @@ class _UserLoop(Subject):
         sizes the checkpoints' chunks and the probes as ``train``'s plan does (``engine/plan.py``)."""
         with self._isolated(diagnostics_seed(self.seeds[0])):
             batch = self._probe_batch(self.batch_size, torch.Generator().manual_seed(self.seeds[0]))
-            rows = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+            rows = _rows(batch)
             return step_cost(self.model, self._losses, rows, batch)
 
     def objective_floor(self) -> ObjectiveFloor | None:
@@ -128,7 +128,7 @@ class _UserLoop(Subject):
                         add_to_group(group_values, c, losses.detach().double().sum().cpu())
                         count += len(losses)
                         if not dims:
-                            dims.append((batch if isinstance(batch, Tensor) else _first_tensor(batch))[0].numel())
+                            dims.append(_first_tensor(batch)[0].numel())
                     noise = torch.get_rng_state()
                 terms.append(torch.stack(groups))
                 values.append(torch.stack(group_values))
@@ -155,7 +155,7 @@ class _UserLoop(Subject):
         """The mean loss over the probe's examples as terms of at most ``hvp_chunk`` examples, term c's noise
         seeded by ``seed + c`` at every evaluation (the Hessian of one function)."""
         batch = self._probe_batch(SMOOTHNESS_EXAMPLES, generator)
-        n = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+        n = _rows(batch)
 
         def term(c: int, rows: slice) -> Loss:
             part = _map_tensors(lambda t: t[rows], batch)
@@ -262,7 +262,7 @@ class _UserLoop(Subject):
     def _losses(self, batch: Any) -> Tensor:
         batch = self._on_model(batch)
         losses = self.loss_fn(self.model, batch)
-        examples = len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+        examples = _rows(batch)
         if not isinstance(losses, Tensor) or tuple(losses.shape) != (examples,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ConfigError("loss_fn", f"must return one loss per example, a tensor of shape ({examples},) for "
@@ -281,7 +281,7 @@ class _UserLoop(Subject):
         count = 0
         for batch in self.data:
             taken.append(batch)
-            count += len(batch if isinstance(batch, Tensor) else _first_tensor(batch))
+            count += _rows(batch)
             if count >= examples:
                 break
         return self._on_model(_map_tensors(lambda *leaves: torch.cat(leaves)[:examples], *taken))
@@ -519,6 +519,11 @@ def _first_tensor(batch: Any) -> Tensor:
         if isinstance(leaf, Tensor):
             return leaf
     raise ConfigError("data", f"its batches hold no tensor (got {type(batch).__name__})")
+
+
+def _rows(batch: Any) -> int:
+    """Examples in a batch: the length of its first tensor."""
+    return len(_first_tensor(batch))
 
 
 def _map_tensors(fn: Callable[..., Tensor], *batches: Any) -> Any:
