@@ -28,11 +28,11 @@ def run(settings: Settings) -> Result:
     data = Data("binary", n=n, dim=3 * 32 * 32, seed=2)
 
     def ours(label: str, diagnostics: dict[str, Any]) -> Variant:
-        return Variant(f"vaeconverge, {label}", time_vaeconverge, (data, MODEL | {"steps": steps} | diagnostics,
-                                                                   warmup))
+        options = MODEL | {"steps": steps, "device": settings.device} | diagnostics
+        return Variant(f"vaeconverge, {label}", time_vaeconverge, (data, options, warmup))
 
     naive = Variant("naive loop", time_naive, (data, NaiveSpec("conv32", latent_dim=100, softclip_s=5.0), steps,
-                                               256, 1e-3, (0,), warmup))
+                                               256, 1e-3, (0,), warmup, settings.device))
     return against_baseline(NAME, naive, ours, "naive", steps, settings, TARGET)
 
 

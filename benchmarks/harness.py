@@ -54,12 +54,14 @@ class Data:
 @dataclass(frozen=True)
 class Settings:
     """The command line shared by every benchmark: ``quick`` runs, torch threads per measured process, the time
-    limit of one measured run, and the rounds of ``repeats`` over a benchmark's variants."""
+    limit of one measured run, the rounds of ``repeats`` over a benchmark's variants, and the ``device``
+    (``cpu`` or ``cuda``) that both vaeconverge and the naive loop train on."""
 
     quick: bool
     threads: int
     timeout_s: float
     repeats: int
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -156,12 +158,24 @@ def time_vaeconverge(data: Data, options: dict[str, Any], warmup_steps: int) -> 
         train(warmup, dataset, progress=False)
     start = time.perf_counter()
     result = train(config, dataset, progress=False)
+    synchronize(config.device)
     seconds = time.perf_counter() - start
     replicas = len(options.get("seeds", ())) or 1
     spent = result.summary["diagnostics_seconds"]
     checkpoints = len({row["step"] for row in result.metrics})
     return Timed(seconds, config.steps * replicas, {"checkpoints": checkpoints, "checkpoints_s": spent["checkpoints"],
                                                      "probes_s": spent["probes"]})
+
+
+def training_seconds(run: Measurement) -> float:
+    """A run of :func:`time_vaeconverge`'s seconds less its checkpoints' and probes'."""
+    return run.seconds - run.extra.get("checkpoints_s", 0.0) - run.extra.get("probes_s", 0.0)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the work queued on a GPU, so that the clock stops after it (a no-op on the CPU)."""
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def speedup(label: str, candidate: Measurement, baseline: Measurement, minimum: float | None) -> Ratio:
@@ -239,6 +253,9 @@ def _child(send: Any, fn: Callable[..., Timed], args: tuple[Any, ...], threads: 
     torch.set_num_threads(threads)
     try:
         timed = fn(*args)
+        if torch.cuda.is_initialized():  # the GPU's peak beside the host's
+            gpu_peak = torch.cuda.max_memory_allocated() / 2**20
+            timed = dataclasses.replace(timed, extra={**timed.extra, "GPU peak MiB": gpu_peak})
         status, payload = "ok", timed
     except Exception as error:  # reported in the table; the other variants still run
         status, payload = "error", f"{type(error).__name__}: {error}"
@@ -282,6 +299,8 @@ def parse_args(description: str, selectable: int = 0) -> argparse.Namespace:
                         help="torch threads in every measured process (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds after which one measured variant is stopped (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where vaeconverge and the naive loop train (default: auto, a GPU where torch sees one)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds over each benchmark's variants, keeping each one's fastest (default: "
                              "%(default)s; 1 with --quick)")
@@ -293,6 +312,10 @@ def parse_args(description: str, selectable: int = 0) -> argparse.Namespace:
         args.repeats = 1
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if selectable and not all(1 <= number <= selectable for number in args.only):
         parser.error(f"--only takes numbers from 1 to {selectable}")
     return args
@@ -332,16 +355,24 @@ def host(threads: int) -> str:
             f"{MATMUL_SIZE}x{MATMUL_SIZE} fp32 matmul at {rate:.0f} GFLOP/s on {threads} threads")
 
 
+def gpu() -> str:
+    """The GPU torch uses, its memory and the CUDA version torch was built with."""
+    properties = torch.cuda.get_device_properties(0)
+    return (f"GPU {properties.name} ({properties.total_memory / 2**30:.0f} GiB, {properties.multi_processor_count} "
+            f"multiprocessors), CUDA {torch.version.cuda}")
+
+
 def header(args: argparse.Namespace) -> str:
     mode = ("quick check (--quick), not a measurement" if args.quick
             else f"full measurement, fastest of {args.repeats} round-robin rounds")
+    device = f"on {gpu()}" if args.device == "cuda" else "on the CPU"
     return (f"vaeconverge benchmarks: {mode}; torch {torch.__version__}, {args.threads} torch threads "
             f"(torch.set_num_threads) in every measured process, which vaeconverge's own choice "
-            f"(engine/plan.py) then overrides; {host(args.threads)}")
+            f"(engine/plan.py) then overrides; training {device}; {host(args.threads)}")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    return Settings(args.quick, args.threads, args.timeout, args.repeats)
+    return Settings(args.quick, args.threads, args.timeout, args.repeats, args.device)
 
 
 def main(run: Callable[[Settings], Result], doc: str) -> None:

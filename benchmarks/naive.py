@@ -3,7 +3,9 @@
 An ``nn.Module`` VAE of the same shape as vaeconverge's model (the MLP with the same layer widths, or the
 ``conv32`` network with the same conv layers), a ``DataLoader`` over a ``TensorDataset`` (shuffle, drop_last),
 Adam, the one-sample ELBO with a Bernoulli likelihood, and every step the gradient norm computed parameter by
-parameter with ``.item()``. Not run on its own: the benchmarks call :func:`time_naive` in a child process.
+parameter with ``.item()``. On a GPU, the model lives there and each batch goes over from pinned host memory (the
+loader's ``pin_memory``, then ``.to(device, non_blocking=True)``), as PyTorch's examples do. Not run on its own:
+the benchmarks call :func:`time_naive` in a child process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from harness import Data, Timed
+from harness import Data, Timed, synchronize
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -99,16 +101,18 @@ def conv32_vae(spec: NaiveSpec) -> NaiveVAE:
     return NaiveVAE(body, mean, logvar, decoder)
 
 
-def train_naive(x: torch.Tensor, spec: NaiveSpec, steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
-    """Train one VAE for ``steps`` steps; returns the gradient norm of every step."""
+def train_naive(x: torch.Tensor, spec: NaiveSpec, steps: int, batch_size: int, lr: float, seed: int,
+                device: str = "cpu") -> list[float]:
+    """Train one VAE on ``device`` for ``steps`` steps; returns the gradient norm of every step."""
     torch.manual_seed(seed)
-    model = mlp_vae(x.shape[1], spec) if spec.kind == "mlp" else conv32_vae(spec)
-    loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True, drop_last=True)
+    model = (mlp_vae(x.shape[1], spec) if spec.kind == "mlp" else conv32_vae(spec)).to(device)
+    loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True, drop_last=True,
+                        pin_memory=device != "cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     grad_norms: list[float] = []
     while len(grad_norms) < steps:
         for (batch,) in loader:
-            loss = model(batch)
+            loss = model(batch.to(device, non_blocking=True))
             optimizer.zero_grad()
             loss.backward()
             grad_norms.append(math.sqrt(sum(p.grad.norm().item() ** 2 for p in model.parameters())))
@@ -118,15 +122,16 @@ def train_naive(x: torch.Tensor, spec: NaiveSpec, steps: int, batch_size: int, l
     return grad_norms
 
 
-def time_naive(
-    data: Data, spec: NaiveSpec, steps: int, batch_size: int, lr: float, seeds: tuple[int, ...], warmup_steps: int
-) -> Timed:
-    """One naive run per seed, one after another; the data come in the loop's natural shape (images for conv)."""
+def time_naive(data: Data, spec: NaiveSpec, steps: int, batch_size: int, lr: float, seeds: tuple[int, ...],
+               warmup_steps: int, device: str = "cpu") -> Timed:
+    """One naive run per seed on ``device``, one after another; the data come in the loop's natural shape (images
+    for conv) and stay on the host."""
     x = data.load()
     if spec.kind == "conv32":
         x = x.view(-1, 3, 32, 32)
-    train_naive(x, spec, warmup_steps, batch_size, lr, seed=10_000)
+    train_naive(x, spec, warmup_steps, batch_size, lr, seed=10_000, device=device)
     start = time.perf_counter()
     for seed in seeds:
-        train_naive(x, spec, steps, batch_size, lr, seed)
+        train_naive(x, spec, steps, batch_size, lr, seed, device)
+    synchronize(device)
     return Timed(time.perf_counter() - start, steps * len(seeds))

@@ -3,7 +3,7 @@ pass, against 8 sequential runs of the naive loop (``naive.py``) on the same dat
 
 Both sides train 8 x 2000 steps. vaeconverge runs with its default full-gradient diagnostics, constants probes
 off (``--quick``: 5 checkpoints), and, for information, once with them reduced to the first and last step and
-once keeping denormal floats (``--denormals keep``), which shows what flushing them gains.
+on a CPU once keeping denormal floats (``--denormals keep``), which shows what flushing them gains.
 Run: ``.venv/bin/python benchmarks/seeds_vs_naive.py [--quick]`` (or ``run_all.py``).
 """
 
@@ -24,13 +24,14 @@ def run(settings: Settings) -> Result:
     data = Data("digits")
 
     def ours(label: str, diagnostics: dict[str, Any]) -> Variant:
-        options = {"data": "digits", "batch_size": 64, "steps": steps, "seeds": SEEDS} | BASELINE_MLP | diagnostics
+        options = ({"data": "digits", "batch_size": 64, "steps": steps, "seeds": SEEDS, "device": settings.device}
+                   | BASELINE_MLP | diagnostics)
         return Variant(f"vaeconverge T={len(SEEDS)}, {label}", time_vaeconverge, (data, options, warmup))
 
     naive = Variant(f"naive loop, {len(SEEDS)} runs one after another", time_naive,
-                    (data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup))
-    return against_baseline(NAME, naive, ours, "naive", steps, settings, TARGET,
-                            also=[("denormals kept (IEEE arithmetic)", {"denormals": "keep"})])
+                    (data, NaiveSpec("mlp", latent_dim=10), steps, 64, 1e-3, SEEDS, warmup, settings.device))
+    denormals = [("denormals kept (IEEE arithmetic)", {"denormals": "keep"})] if settings.device == "cpu" else []
+    return against_baseline(NAME, naive, ours, "naive", steps, settings, TARGET, also=denormals)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,15 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def host_unless_marked_cuda(request, monkeypatch):
+    """The suite's oracles are computed on the host, so on a GPU machine every test but those marked ``cuda`` runs
+    as it does on a machine without one: ``auto`` resolves to the CPU, in this process and in the ones it starts."""
+    if torch.cuda.is_available() and request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 @pytest.fixture
 def linear_vae() -> LinearVAE:
     return make_linear_vae()

@@ -2,6 +2,7 @@
 device, and a GPU that is not there is one line. The CUDA tests run only where torch sees a GPU."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,7 +15,12 @@ from vaeconverge.engine import load_model, train
 from vaeconverge.sweeps.identity import run_id
 
 CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+
+
+def needs_cuda(test):
+    """Runs on the GPU, and only where there is one."""
+    return pytest.mark.cuda(pytest.mark.skipif(not CUDA, reason="no CUDA device")(test))
+
 TINY = {"hidden": 16, "depth": 1, "steps": 30, "eval_points": 3, "seeds": (0, 1)}
 
 
@@ -27,6 +33,7 @@ def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, command):
     assert "\n" not in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.cuda
 def test_devices_resolve_as_documented():
     assert runtime.resolve_device("cpu") == torch.device("cpu")
     assert runtime.resolve_device("auto").type == ("cuda" if CUDA else "cpu")
@@ -112,3 +119,69 @@ def test_bbvi_on_cuda_moves_the_target_and_family_and_writes_a_checkpoint(tmp_pa
     assert main(["bbvi", "--device", "cuda", "--steps", "20", "--batch-size", "10", "--no-constants", "--quiet",
                  "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["device"].startswith("cuda")
+
+
+def test_memory_is_checked_where_the_run_allocates(monkeypatch):
+    """On a GPU the estimate is held against the GPU's free memory, not the host's."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 2**34))
+    gpu = torch.device("cuda")
+    assert runtime.available_memory(gpu) == 2**30
+    runtime.require_memory("--batch-size", 2**29, "a step", gpu)
+    with pytest.raises(ConfigError, match=r"--batch-size: a step needs about 2 GiB, more than the 1 GiB of "
+                                          r"cuda's memory available"):
+        runtime.require_memory("--batch-size", 2**31, "a step", gpu)
+    host = runtime.available_memory()
+    assert host is None or host > 0
+
+
+def _binary_images(n: int) -> torch.Tensor:
+    return (torch.rand(n, 3 * 32 * 32, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+
+
+CONV = {"model": "conv32", "latent_dim": 8, "activation": "softclip", "likelihood": "bernoulli", "batch_size": 16,
+        "steps": 6, "eval_points": 2, "seeds": (0, 1)}
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_a_conv_run_on_cuda_measures_its_checkpoints_and_constants_there(precision):
+    """The conv network's checkpoints and constants probes (Hessian-vector products, Lanczos on the host) on a GPU:
+    finite numbers, every parameter left on the device."""
+    from vaeconverge.data import Dataset
+
+    config = RunConfig(**CONV, device="cuda", precision=precision)
+    result = train(config, Dataset("binary", _binary_images(64)), progress=False)
+    assert result.summary["device"].startswith("cuda")
+    assert {p.device.type for p in result.ensemble.parameters()} == {"cuda"}
+    assert all(math.isfinite(row["grad_sq_norm"]) for row in result.metrics)
+    assert all(math.isfinite(value) for value in (result.summary["constants"]["L"],
+                                                  result.summary["constants"]["sigma2"]))
+
+
+@needs_cuda
+def test_the_monitor_follows_a_model_on_cuda():
+    """A user's loop on a GPU model, its data on the host: the monitor's checkpoints run on the model's device
+    and give the numbers the same loop gives on the host, to float32 rounding."""
+    from vaeconverge import ConvergenceMonitor
+
+    def run(device: str) -> list[dict[str, float]]:
+        torch.manual_seed(0)
+        x = torch.rand(128, 20)
+        model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.Tanh(), torch.nn.Linear(16, 20)).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def loss(net, batch):
+            return (net(batch) - batch).pow(2).sum(1)
+
+        monitor = ConvergenceMonitor(model, loss, x, 20, optimizer=optimizer, batch_size=16, eval_points=3)
+        for step in range(20):
+            batch = x[16 * (step % 8): 16 * (step % 8 + 1)].to(device)
+            optimizer.zero_grad()
+            loss(model, batch).mean().backward()
+            optimizer.step()
+        return monitor.metrics
+
+    for gpu, host in zip(run("cuda"), run("cpu"), strict=True):
+        assert gpu["step"] == host["step"]
+        assert gpu["objective"] == pytest.approx(host["objective"], rel=1e-4)
+        assert gpu["grad_sq_norm"] == pytest.approx(host["grad_sq_norm"], rel=1e-3)

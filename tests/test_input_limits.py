@@ -112,7 +112,7 @@ def test_the_estimate_is_made_on_the_meta_device_and_matches_the_real_step():
 def test_an_array_file_larger_than_memory_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((1000, 100), dtype=np.float32))
-    monkeypatch.setattr(runtime, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(runtime, "available_memory", lambda device=None: 100_000)
     err = refused([*TINY, "--data", path, "--likelihood", "gaussian", "--out", tmp_path / "run"], capsys)
     assert "--data:" in err and "100,000 values" in err and "needs about" in err
 

@@ -20,6 +20,7 @@ from vaeconverge.models import build_vae
 from vaeconverge.sweeps.identity import run_id
 from vaeconverge.sweeps.reproduce import reproduce
 
+pytestmark = pytest.mark.cuda  # bf16 is for GPUs: where there is one, these tests train on it (auto)
 train_module = importlib.import_module("vaeconverge.engine.train")  # the module, which the package's function shadows
 PRODUCTS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 MLP = {"hidden": 16, "depth": 1, "latent_dim": 2, "steps": 6, "eval_points": 3, "constants": False, "seeds": (0, 1)}
@@ -153,7 +154,7 @@ def test_bf16_on_a_cpu_without_it_says_so_before_training(tmp_path, capsys, monk
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: supported)
     assert runtime.precision_note("float32", torch.device("cpu")) is None
     assert runtime.precision_note("bf16", torch.device("cuda")) is None
-    assert main(["train", "--precision", "bf16", "--hidden", "8", "--depth", "1", "--latent-dim", "2", "--steps", "3",
-                 "--no-constants", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "--precision", "bf16", "--device", "cpu", "--hidden", "8", "--depth", "1", "--latent-dim",
+                 "2", "--steps", "3", "--no-constants", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert err.count("--precision bf16: this CPU has no bfloat16 arithmetic") == (0 if supported else 1)

@@ -209,8 +209,13 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this machine can give a new allocation now (Linux's MemAvailable); None where unknown."""
+def available_memory(device: torch.device | None = None) -> int | None:
+    """Bytes that a new allocation on ``device`` can have now: a GPU's free memory (``torch.cuda.mem_get_info``),
+    else the host's (Linux's MemAvailable); None where unknown."""
+    if device is not None and device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -221,12 +226,14 @@ def available_memory() -> int | None:
     return None
 
 
-def require_memory(option: str, needed: float, what: str) -> None:
-    """Refuse, before allocating, what needs more memory than is available: a :class:`ConfigError` for
-    ``option`` that gives the estimate. ``what`` says what needs it (and which options size it)."""
-    free = available_memory()
+def require_memory(option: str, needed: float, what: str, device: torch.device | None = None) -> None:
+    """Refuse, before allocating, what needs more memory than ``device`` (default: the host) has available: a
+    :class:`ConfigError` for ``option`` that gives the estimate. ``what`` says what needs it (and which options
+    size it)."""
+    free = available_memory(device)
     if free is not None and needed > free:
-        raise ConfigError(option, f"{what} needs about {_size(needed)}, more than the {_size(free)} of memory "
+        where = f"{device}'s memory" if device is not None and device.type == "cuda" else "memory"
+        raise ConfigError(option, f"{what} needs about {_size(needed)}, more than the {_size(free)} of {where} "
                                   "available")
 
 

@@ -186,10 +186,10 @@ def train(config: BBVIConfig, target: Target | None = None, progress: bool = Tru
     # Each variational draw is scored against the data: about four float32 tensors of (dim + N) per draw, with
     # the backward pass's. Refused before drawing when that cannot fit.
     draws = len(config.replica_seeds) * config.samples * (1 + 2 * config.eval_samples)
+    device = resolve_device(config.device)
     require_memory("--samples", 16 * draws * (target.dim + target.n_data),
                    f"{draws:,} variational draws a step and a checkpoint (--samples x --eval-samples x seeds) "
-                   f"against {target.n_data:,} data")
-    device = resolve_device(config.device)
+                   f"against {target.n_data:,} data", device)
     with intra_op_threads(config.threads or 1), flush_denormals(config.denormals == "flush"):
         result = _fit(config, on_device(target, device), device, progress)
     result.summary["device"] = str(device)
@@ -213,7 +213,7 @@ def _fit(config: BBVIConfig, target: Target, device: torch.device, progress: boo
     scheduler = build_schedule(optimizer, config.schedule, config.schedule_power, epochs.batches_per_epoch)
     recorder = Recorder(_Replicas(loss_of, config), config.steps, n, eval_every=config.eval_every,
                         eval_points=config.eval_points, eval_samples=config.eval_samples, constants=config.constants,
-                        snr_draws=config.snr_draws if config.snr else None)
+                        snr_draws=config.snr_draws if config.snr else None, device=device)
 
     def batch_losses() -> Tensor:
         index = torch.stack([b.next_indices() for b in batches]).to(device) if batch_size < n else None

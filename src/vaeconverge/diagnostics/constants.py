@@ -334,7 +334,7 @@ def decompose_variance(grads: Tensor) -> VarianceParts:
     # One example at a time: these tensors hold n x draws x (all parameters) entries, and a temporary of their
     # size would double a large model's probe memory (engine/plan.py budgets one copy).
     overall = grads.mean(dim=(0, 1))
-    mc_terms, spread = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    mc_terms, spread = (torch.empty(n, dtype=torch.float64, device=grads.device) for _ in range(2))
     for i, rows in enumerate(grads):
         mean = rows.mean(dim=0)
         mc_terms[i] = (rows - mean).square_().sum().double() / (draws - 1)  # its variance across draws

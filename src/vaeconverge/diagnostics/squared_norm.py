@@ -48,7 +48,7 @@ def unbiased_squared_norm(first: Tensor, second: Tensor) -> SquaredNormEstimate:
     value = ab.sum((-2, -1))
     biased = (aa.sum((-2, -1)) + bb.sum((-2, -1))) / 2
     if len(first) < 2:
-        se = torch.full(value.shape, float("nan"), dtype=torch.float64)
+        se = torch.full(value.shape, float("nan"), dtype=torch.float64, device=value.device)
     else:  # <d_c, g_bar> = <a_c - b_c, (sum_h a_h + b_h) / 2>
         se = ((aa + ab - ab.mT - bb).sum(-1) / 2).square().sum(-1).sqrt()
     return SquaredNormEstimate(value=value, se=se, biased=biased)

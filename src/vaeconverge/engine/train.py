@@ -180,7 +180,7 @@ def build_ensemble(config: RunConfig, x: torch.Tensor, device: torch.device | No
     state, activations = cost.run_bytes(len(seeds), len(x), probes=config.constants)
     run = (f"training {len(seeds)} replica{'s' if len(seeds) > 1 else ''} of {cost.parameters:,} parameters "
            f"(--hidden, --depth) on batches of {batch} x {objective.samples} latent samples (--samples)")
-    require_memory("--hidden" if state > activations else "--batch-size", state + activations, run)
+    require_memory("--hidden" if state > activations else "--batch-size", state + activations, run, device)
     models = []
     for t, seed in enumerate(seeds):
         torch.manual_seed(seed)
@@ -235,7 +235,7 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
     subject = EnsembleSubject(ensemble, dataset, config, chosen)
     recorder = Recorder(subject, config.steps, len(x), eval_every=config.eval_every, eval_points=config.eval_points,
                         eval_samples=config.eval_samples, constants=config.constants,
-                        snr_draws=config.snr_draws if config.snr else None)
+                        snr_draws=config.snr_draws if config.snr else None, device=ensemble.device)
     start = 0
     if resume_from is not None:
         start = resume_from["step"]

@@ -46,7 +46,7 @@ def ppca_optimum(x: torch.Tensor, latent_dim: int, noise_var: float | None = Non
             raise ValueError("the discarded eigenvalues are zero: the ML noise variance is degenerate")
     scale = (eigvals[:latent_dim] - noise_var).clamp_min(0.0).sqrt()
     weight = eigvecs[:, :latent_dim] * scale
-    cov_model = weight @ weight.T + noise_var * torch.eye(dim, dtype=x.dtype)
+    cov_model = weight @ weight.T + noise_var * torch.eye(dim, dtype=x.dtype, device=x.device)
     log_lik = MultivariateNormal(bias, covariance_matrix=cov_model).log_prob(x).mean().item()
     return PPCASolution(weight=weight, bias=bias, noise_var=float(noise_var), log_likelihood=log_lik)
 
@@ -59,7 +59,8 @@ class LinearVAE(VAE):
     def marginal(self) -> MultivariateNormal:
         """p_theta(x) = N(b, W W^T + c^2 I)."""
         weight, bias = self.decoder.out.weight, self.decoder.out.bias
-        cov = weight @ weight.T + self.likelihood.variance * torch.eye(len(bias), dtype=weight.dtype)
+        identity = torch.eye(len(bias), dtype=weight.dtype, device=weight.device)
+        cov = weight @ weight.T + self.likelihood.variance * identity
         return MultivariateNormal(bias, covariance_matrix=cov)
 
     def exact_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +84,8 @@ class LinearVAE(VAE):
         after which the ELBO equals log p(x) for every x."""
         weight, bias = self.decoder.out.weight, self.decoder.out.bias
         var_c = self.likelihood.variance
-        m_inv = torch.linalg.inv(weight.T @ weight + var_c * torch.eye(weight.shape[1], dtype=weight.dtype))
+        identity = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
+        m_inv = torch.linalg.inv(weight.T @ weight + var_c * identity)
         proj = m_inv @ weight.T
         encoder = self.encoder  # its mean acts on standardised inputs (x - shift) / scale
         encoder.mean.weight.copy_(proj * encoder.input_scale)

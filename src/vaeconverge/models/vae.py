@@ -206,7 +206,8 @@ class GaussianLikelihood(nn.Module):
         if isinstance(self.log_std, nn.Parameter):
             return None
         log_std = self.log_std.min()
-        return torch.full(x.shape[:-1], -0.5 * x.shape[-1] * (LOG_2PI + 2.0 * log_std.item()), dtype=x.dtype)
+        return torch.full(x.shape[:-1], -0.5 * x.shape[-1] * (LOG_2PI + 2.0 * log_std.item()), dtype=x.dtype,
+                          device=x.device)
 
     def log_prob(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         dim = x.shape[-1]
