@@ -46,6 +46,7 @@ def host_unless_marked_cuda(request, monkeypatch):
     """The suite's oracles are computed on the host, so on a GPU machine every test but those marked ``cuda`` runs
     as it does on a machine without one: ``auto`` resolves to the CPU, in this process and in the ones it starts."""
     if torch.cuda.is_available() and request.node.get_closest_marker("cuda") is None:
+        torch.cuda.init()  # first, so that hiding the GPU from the processes started below cannot hide it from this one
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
