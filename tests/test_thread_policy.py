@@ -33,10 +33,13 @@ class FakeLoad:
         return self.idle
 
 
-def test_vectorised_replicas_compute_the_same_numbers_on_one_thread_and_on_two():
-    """What lets the thread count follow the machine's load: every metric of a 3-seed run, compared with ==."""
+@pytest.mark.parametrize("measured", [{"constants": False}, {"constants": True, "snr": True}],
+                         ids=["checkpoints", "probes-and-snr"])
+def test_vectorised_replicas_compute_the_same_numbers_on_one_thread_and_on_two(measured):
+    """What lets the thread count follow the machine's load: every metric of a 3-seed run, compared with ==, the
+    per-replica measurements (constants probes, SNR, posterior usage) too."""
     config = RunConfig(data="digits", hidden=64, batch_size=32, steps=60, seeds=(0, 1, 2), eval_every=30,
-                       eval_samples=2, constants=False)
+                       eval_samples=2, **measured)
     dataset = load_dataset(config)
     one, two = (train(replace(config, threads=t), dataset, progress=False) for t in (1, 2))
     assert one.summary["vectorised"] and two.summary["vectorised"]
@@ -45,6 +48,7 @@ def test_vectorised_replicas_compute_the_same_numbers_on_one_thread_and_on_two()
         return [repr({k: v for k, v in row.items() if k != "seconds"}) for row in result.metrics]
 
     assert numbers(one) == numbers(two)
+    assert repr(one.summary["constants"]) == repr(two.summary["constants"])
 
 
 @pytest.mark.parametrize("idle", [1, 2])

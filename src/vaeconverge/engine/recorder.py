@@ -220,6 +220,10 @@ class Subject(ABC):
         """The context the probe of replica t runs in (seeded ``seed``); nothing by default."""
         return contextlib.nullcontext()
 
+    def one_replica(self, t: int) -> contextlib.AbstractContextManager[None]:
+        """The context of every measurement of replica t alone (its probes and its SNR); nothing by default."""
+        return contextlib.nullcontext()
+
     def objective_floor(self) -> ObjectiveFloor | None:
         """A value the objective provably cannot go below (None: none is known, and delta is measured against
         the lowest objective seen)."""
@@ -366,11 +370,12 @@ class Recorder:
         then the gradient draws."""
         seed = probe_seed(self.subject.seeds[t], step)
         generator = torch.Generator().manual_seed(seed)
-        with self.subject.probing(t, seed):
-            loss, params = self.subject.fixed_noise_loss(t, generator, seed)
-            L = smoothness_estimate(loss, params, generator=generator)
-            grads = self.subject.gradient_draws(t, generator, seed)
-        noise = noise_from_gradients(grads, self.subject.samples, examples_per_row=self.subject.examples_per_row)
+        with self.subject.one_replica(t):
+            with self.subject.probing(t, seed):
+                loss, params = self.subject.fixed_noise_loss(t, generator, seed)
+                L = smoothness_estimate(loss, params, generator=generator)
+                grads = self.subject.gradient_draws(t, generator, seed)
+            noise = noise_from_gradients(grads, self.subject.samples, examples_per_row=self.subject.examples_per_row)
         weight_bound = max(p.detach().abs().max().item() for p in self.subject.weights(t))
         return Probe(L=L, noise=noise, weight_bound=weight_bound, seed=self.subject.seeds[t], step=step)
 
@@ -378,12 +383,13 @@ class Recorder:
         """The :data:`SNR_COLUMNS` of replica t at its current parameters, from :attr:`snr_draws` gradient draws
         seeded by :func:`snr_seed`; NaN for a group the subject does not have."""
         seed = snr_seed(self.subject.seeds[t])
-        groups = self.subject.snr_gradients(t, torch.Generator().manual_seed(seed), seed, self.snr_draws)
         out = dict.fromkeys(SNR_COLUMNS, math.nan)
-        for group, draws in groups.items():
-            estimate = gradient_snr(draws)
-            out |= {f"snr_{group}": estimate.coord, f"snr_{group}_se": estimate.coord_se,
-                    f"snr_norm_{group}": estimate.norm, f"snr_norm_{group}_se": estimate.norm_se}
+        with self.subject.one_replica(t):
+            groups = self.subject.snr_gradients(t, torch.Generator().manual_seed(seed), seed, self.snr_draws)
+            for group, draws in groups.items():
+                estimate = gradient_snr(draws)
+                out |= {f"snr_{group}": estimate.coord, f"snr_{group}_se": estimate.coord_se,
+                        f"snr_norm_{group}": estimate.norm, f"snr_norm_{group}_se": estimate.norm_se}
         return out
 
     def state(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -94,10 +94,11 @@ class EnsembleSubject(Subject):
                    "log_likelihood": math.nan, "kl": math.nan, "active_units": math.nan}
             if math.isfinite(row["objective"]):  # a diverged model has no usable closed forms
                 model = self.ensemble.replica(t)
-                usage = posterior_usage(model, self.x, self.plan.eval_chunk)
-                row.update(kl=usage.kl, active_units=usage.active_units)
-                if self.linear:
-                    row.update(self._closed_forms(model))
+                with self.one_replica(t):
+                    usage = posterior_usage(model, self.x, self.plan.eval_chunk)
+                    row.update(kl=usage.kl, active_units=usage.active_units)
+                    if self.linear:
+                        row.update(self._closed_forms(model))
             rows.append(row)
         return rows
 
@@ -113,6 +114,11 @@ class EnsembleSubject(Subject):
             out |= {"objective": loss.item(), "grad_sq_norm": sum(g.square().sum() for g in grads).item(),
                     "objective_se": 0.0, "grad_sq_norm_se": 0.0}
         return out
+
+    def one_replica(self, t: int) -> AbstractContextManager[None]:
+        """Small (vectorised) replicas are measured one at a time on one thread, as their single runs are: a product
+        split over threads rounds differently (the smoothness probe's Lanczos iteration carries that into L)."""
+        return intra_op_threads(1) if self.plan.vectorised else nullcontext()
 
     def fixed_noise_loss(self, t: int, generator: torch.Generator, seed: int
                          ) -> tuple[list[Loss], dict[str, torch.Tensor]]:
