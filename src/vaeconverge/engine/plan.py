@@ -14,8 +14,9 @@ numbers: replica t of a T-seed run must execute the kernels of the single run of
   trains: an OpenMP thread that shares its core with a busy process holds up every parallel region (measured
   2-4x slower than one thread). T >= 2 small (vectorised) replicas share out whole replicas' products among
   the threads (checked bit for bit against one thread on the digits MLP, ELBO and IWAE, and with the count
-  changed mid-run), so their numbers do not depend on the count; a large
-  replica's may change in the last bits with it: the summary records the count, and ``--threads`` fixes it.
+  changed mid-run), so their numbers do not depend on the count (what is measured of one replica alone runs on
+  one thread: ``EnsembleSubject.one_replica``); a large replica's may change in the last bits with it: the
+  summary records the count, and ``--threads`` fixes it.
 
 The README's performance section has the measurements behind :data:`LOOP_FLOPS`.
 """

@@ -221,7 +221,8 @@ class Subject(ABC):
         return contextlib.nullcontext()
 
     def one_replica(self, t: int) -> contextlib.AbstractContextManager[None]:
-        """The context of every measurement of replica t alone (its probes and its SNR); nothing by default."""
+        """The context of every measurement of replica t alone (its probes, its SNR, its posterior's use of the
+        latent space); nothing by default."""
         return contextlib.nullcontext()
 
     def objective_floor(self) -> ObjectiveFloor | None:
