@@ -21,6 +21,7 @@ def needs_cuda(test):
     """Runs on the GPU, and only where there is one."""
     return pytest.mark.cuda(pytest.mark.skipif(not CUDA, reason="no CUDA device")(test))
 
+
 TINY = {"hidden": 16, "depth": 1, "steps": 30, "eval_points": 3, "seeds": (0, 1)}
 
 
