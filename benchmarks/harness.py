@@ -293,13 +293,16 @@ def format_results(results: list[Result]) -> str:
 def parse_args(description: str, selectable: int = 0) -> argparse.Namespace:
     """``--quick``, ``--threads`` and ``--timeout``, shared by every benchmark script; with ``selectable``
     benchmarks, also ``--only`` (a comma-separated list of their numbers, from 1)."""
+    # imported here, in the parent alone: the measured children stay without vaeconverge unless they use it
+    from vaeconverge.runtime import DEVICES, ConfigError, resolve_device
+
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="short runs that only check the benchmarks work")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads in every measured process (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds after which one measured variant is stopped (default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where vaeconverge and the naive loop train (default: auto, a GPU where torch sees one)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds over each benchmark's variants, keeping each one's fastest (default: "
@@ -312,10 +315,10 @@ def parse_args(description: str, selectable: int = 0) -> argparse.Namespace:
         args.repeats = 1
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device on this machine")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        args.device = resolve_device(args.device).type
+    except ConfigError as error:
+        parser.error(str(error))
     if selectable and not all(1 <= number <= selectable for number in args.only):
         parser.error(f"--only takes numbers from 1 to {selectable}")
     return args
