@@ -108,18 +108,21 @@ def test_tracker_window_mean_and_paper_proxy() -> None:
 
 
 def test_chunks_in_one_vectorised_pass_give_each_chunk_its_own_gradient() -> None:
-    """The stacked pass over padded chunks equals evaluating the chunks one after another (the base class)."""
-    from vaeconverge.engine.ensemble import Ensemble
-
+    """The stacked pass over padded chunks equals evaluating the chunks one after another, and equals the looped
+    layout's chunk by chunk."""
     models = [make_linear_vae(data_dim=4, latent_dim=2, seed=s) for s in (2, 3)]
     ensemble = VectorisedEnsemble(models, ELBO(2))
     generator = torch.Generator().manual_seed(0)
     chunks = [torch.randn(n, 4, generator=generator, dtype=torch.float64) for n in (7, 5, 7)]
     eps = [torch.randn(2, 2, len(c), 2, generator=generator, dtype=torch.float64) for c in chunks]
     values, grads = ensemble.chunk_gradients(chunks, eps, 0.1)
-    one_by_one, expected = Ensemble.chunk_gradients(ensemble, chunks, eps, 0.1)
-    for got, want in zip(values, one_by_one, strict=True):
-        assert got.shape == (2,) and torch.allclose(got, want, rtol=1e-12)
-    for got, want in zip(grads, expected, strict=True):
-        assert got.shape == want.shape == (2, want.shape[1]) and torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    for chunk, noise, got, want in zip(chunks, eps, values, grads, strict=True):
+        [value], [grad] = ensemble.chunk_gradients([chunk], [noise], 0.1)
+        assert got.shape == (2,) and torch.allclose(got, value, rtol=1e-12)
+        assert want.shape == grad.shape and torch.allclose(want, grad, rtol=1e-10, atol=1e-12)
+    looped_values, looped_grads = LoopedEnsemble(models, ELBO(2)).chunk_gradients(chunks, eps, 0.1)
+    for got, want, mine, theirs in zip(values, looped_values, grads, looped_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-12)
+        assert torch.allclose(mine.square().sum(1), theirs.square().sum(1), rtol=1e-10)
+        assert torch.allclose(mine.sum(1), theirs.sum(1), rtol=1e-10, atol=1e-12)
     assert not torch.allclose(grads[0], grads[2])  # chunks of equal size, different data

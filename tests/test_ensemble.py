@@ -81,8 +81,8 @@ def test_clipping_is_applied_per_replica(layout):
     """Each replica's gradient is scaled to the norm bound alone; a replica within the bound is untouched."""
     torch.manual_seed(0)
     ensemble = layout([build_vae(RunConfig(latent_dim=2), 3) for _ in range(2)], ELBO())
-    loss = ensemble(torch.rand(4, 3), torch.randn(2, 1, 4, 2)).sum()
-    grads = list(torch.autograd.grad(loss, ensemble.parameters()))  # rescaled to norms 5 and 0.5
+    ensemble(torch.rand(4, 3), torch.randn(2, 1, 4, 2)).sum().backward()
+    grads = [p.grad for p in ensemble.parameters()]  # rescaled to norms 5 and 0.5
     raw = ensemble.squared_norms(grads)
     factors = torch.tensor([5.0, 0.5]) / raw.sqrt()
     ensemble.scale_(grads, factors)
@@ -157,19 +157,31 @@ def test_adafactor_trains_a_single_seed_in_natural_shapes():
     assert result.metrics[-1]["objective"] < result.metrics[0]["objective"]
 
 
-def test_aligned_leaves_are_zero_padded_views_of_the_parameters():
+def test_the_flat_parameters_hold_every_replica_in_an_aligned_row_whose_padding_stays_zero():
     models = [build_vae(RunConfig(latent_dim=3), 5) for _ in range(2)]
-    aligned, looped = VectorisedEnsemble(models, ELBO()), LoopedEnsemble(models, ELBO())
-    assert all(leaf.shape[1] % 64 == 0 for leaf in aligned.parameters())
+    stacked, looped = VectorisedEnsemble(models, ELBO()), LoopedEnsemble(models, ELBO())
+    [flat] = stacked.parameters()
+    size = sum(p.numel() for p in models[0].parameters())
+    assert flat.shape == (2, -(-size // 64) * 64) and flat.is_leaf
     for t in range(2):
-        for (name, value), (_, mine) in zip(models[t].state_dict().items(), aligned.replica(t).state_dict().items(),
+        for (name, value), (_, mine) in zip(models[t].state_dict().items(), stacked.replica(t).state_dict().items(),
                                             strict=True):
             torch.testing.assert_close(mine, value, rtol=0, atol=0, msg=name)
     x, eps = torch.rand(2, 4, 5), torch.randn(2, 1, 4, 3)
-    torch.testing.assert_close(aligned(x, eps), looped(x, eps), rtol=1e-6, atol=1e-5)  # layouts round apart
-    aligned(x, eps).sum().backward()
-    for leaf, shape in zip(aligned.parameters(), (p.shape for p in models[0].parameters()), strict=True):
-        assert torch.count_nonzero(leaf.grad[:, shape.numel():]) == 0  # the padding never moves
+    torch.testing.assert_close(stacked(x, eps), looped(x, eps), rtol=1e-6, atol=1e-5)  # layouts round apart
+    stacked(x, eps).sum().backward()
+    looped(x, eps).sum().backward()
+    assert torch.count_nonzero(flat.grad[:, size:]) == 0  # the padding never moves
+    torch.testing.assert_close(stacked.squared_norms([flat.grad]),
+                               looped.squared_norms([p.grad for p in looped.parameters()]), rtol=1e-5, atol=0)
+    with torch.no_grad():  # the optimizer steps the flat tensor: the model sees its new values
+        flat.add_(1.0)
+    assert all(torch.equal(mine, value + 1.0) for mine, value in zip(stacked.replica(1).parameters(),
+                                                                       models[1].parameters(), strict=True))
+    stacked.zero_grad()
+    assert torch.count_nonzero(flat.grad) == 0
+    stacked(x, eps).sum().backward()  # gradients accumulate into the zeroed flat gradient, not elsewhere
+    assert torch.count_nonzero(flat.grad[:, :size]) > 0
 
 
 @pytest.mark.parametrize(
@@ -195,7 +207,8 @@ def test_stacked_layers_give_every_replica_its_plain_forward_and_gradient(option
     stacked = VectorisedEnsemble(models, objective)
     x, eps = torch.rand(3, 4, 5), torch.randn(3, objective.samples, 4, 3)
     values = stacked(x, eps)
-    grads = torch.autograd.grad(values.sum(), stacked.parameters())
+    values.sum().backward()
+    grads = [p.grad for p in stacked.parameters()]
     shared = stacked(x[0], eps)  # one batch for every replica
     for t, model in enumerate(models):
         plain = objective(model, x[t], eps[t])
@@ -208,10 +221,11 @@ def test_stacked_layers_give_every_replica_its_plain_forward_and_gradient(option
 
 
 def replica_views(stacked: VectorisedEnsemble, grads, t: int) -> list[torch.Tensor]:
-    """Replica t's gradients in the parameters' natural shapes, read through the ensemble's own leaf layout."""
-    shapes = [p.shape for p in stacked.template.parameters()]
-    views = []
-    for grad, shape in zip(grads, shapes, strict=True):
-        flat = grad[t, :shape.numel()]
-        views.append(flat.view(shape[1], shape[0]).T if len(shape) == 2 else flat.view(shape))
+    """Replica t's gradients in the parameters' natural shapes, read from its row of the flat gradient: the
+    parameters one after another, a matrix stored transposed."""
+    [row], views, start = grads, [], 0
+    for p in stacked.template.parameters():
+        part = row[t, start:start + p.numel()]
+        views.append(part.view(p.shape[1], p.shape[0]).T if p.dim() == 2 else part.view(p.shape))
+        start += p.numel()
     return views

@@ -257,9 +257,10 @@ def test_stacked_replicas_agree_with_one_at_a_time(objective):
     x, eps = noise(3, 4, 5, seed=10), noise(3, 3, 4, 2, seed=11)
     torch.testing.assert_close(stacked(x, eps), looped(x, eps))
     torch.testing.assert_close(stacked.surrogate(x, eps), looped.surrogate(x, eps))
-    stacked_grads = torch.autograd.grad(stacked.surrogate(x, eps).sum(), stacked.parameters())
-    looped_grads = torch.autograd.grad(looped.surrogate(x, eps).sum(), looped.parameters())
-    # each replica's gradient, through layout-free summaries (stacked leaves are padded and laid out otherwise)
+    stacked.surrogate(x, eps).sum().backward()
+    looped.surrogate(x, eps).sum().backward()
+    stacked_grads, looped_grads = ([p.grad for p in e.parameters()] for e in (stacked, looped))
+    # each replica's gradient, through layout-free summaries (the stacked rows are padded and laid out otherwise)
     torch.testing.assert_close(stacked.squared_norms(stacked_grads), looped.squared_norms(looped_grads))
     torch.testing.assert_close(stacked.flatten(stacked_grads).sum(1), looped.flatten(looped_grads).sum(1))
 

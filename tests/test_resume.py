@@ -154,14 +154,20 @@ def damaged(folder: Path, how: str) -> None:
         checkpoint.unlink()
     elif how == "truncated":
         checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    else:  # a checkpoint written without the loop's state, as before runs could be resumed
+    elif how == "no-loop":  # a checkpoint written without the loop's state, as before runs could be resumed
         state = torch.load(checkpoint, weights_only=True)
         del state["loop"]
+        torch.save(state, checkpoint)
+    else:  # the optimizer of one tensor per parameter, as before the stacked replicas shared one flat tensor
+        state = torch.load(checkpoint, weights_only=True)
+        optimizer = state["optimizer"]
+        optimizer["param_groups"][0]["params"] = [0, 1]
+        optimizer["state"][1] = optimizer["state"][0]
         torch.save(state, checkpoint)
 
 
 @pytest.mark.parametrize(("how", "words"), [("missing", "no such checkpoint"), ("truncated", "corrupt or truncated"),
-                                            ("no-loop", "no loop state")])
+                                            ("no-loop", "no loop state"), ("old-layout", "an earlier vaeconverge")])
 def test_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path, capsys, straight, how, words):
     run = tmp_path / "run"
     run.mkdir()
@@ -170,7 +176,7 @@ def test_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path, capsys, 
     damaged(run, how)
     before = files(run)
     err = refused(capsys, "train", "--resume", run, "--steps", 50, "--quiet")
-    assert "--resume" in err and words in err and str(run) in err
+    assert "--resume" in err and words in err and (how == "old-layout" or str(run) in err)
     assert files(run) == before
 
 

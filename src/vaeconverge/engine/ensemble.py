@@ -7,9 +7,10 @@ optimizers. Which layout a run uses depends on the size of one replica's step, n
 kernels on the same numbers:
 
 - :class:`VectorisedEnsemble`, for small models whose steps are dominated by per-operation overhead: the
-  parameters are stacked along a new leading dimension (``torch.func.stack_module_state``) and the model,
-  whose layers take stacked parameters natively (``nn/layers.py``: one batched product per layer), is evaluated
-  for all replicas at once through ``functional_call``. This needs no vmap, whose batching rules cost about ten
+  parameters are stacked along a new leading dimension (``torch.func.stack_module_state``), every replica's in
+  one row of a single flat tensor that the optimizer steps and whose squared norms are one reduction, and the
+  model, whose layers take stacked parameters natively (``nn/layers.py``: one batched product per layer), holds
+  views of it and is evaluated for all replicas at once. This needs no vmap, whose batching rules cost about ten
   dispatched operations per linear layer where one ``baddbmm`` does.
 - :class:`LoopedEnsemble`, for models whose products keep the cores busy on their own, and for layers that do
   not take stacked parameters (the conv networks): T plain modules evaluated one after another.
@@ -18,8 +19,10 @@ kernels on the same numbers:
 from __future__ import annotations
 
 import copy
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call, stack_module_state
@@ -29,10 +32,15 @@ from ..models import VAE
 from ..nn.layers import stacks_replicas
 from ..objectives import Objective, ObjectiveModule
 
-# Each replica's row of a flat parameter is padded to a multiple of this many entries. torch's fused CPU
+# Each replica's row of the flat parameters is padded to a multiple of this many entries. torch's fused CPU
 # optimizers work through a tensor in 16-entry units with vector instructions and round a ragged tail
 # differently; with rows aligned, an entry's update no longer depends on where its replica sits.
 ROW_ALIGNMENT = 64
+
+# With T >= 2 a leaf (a view of the flat parameters, strided by their row) and its gradient (the same view of the
+# flat gradient) are not dense, which autograd flags once as a layout it may handle slowly; the in-place sum into
+# that view is the layout's purpose.
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
 class Ensemble(ABC):
@@ -69,7 +77,13 @@ class Ensemble(ABC):
 
     @abstractmethod
     def parameters(self) -> list[torch.Tensor]:
-        """The trainable leaf tensors, for the optimizer."""
+        """The tensors the optimizer steps; a backward pass through the ensemble leaves their gradients in
+        ``grad``."""
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of :meth:`parameters` before the next backward pass."""
+        for p in self.parameters():
+            p.grad = None
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -93,18 +107,12 @@ class Ensemble(ABC):
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Each replica's gradient as one vector, (T, P) (any padding zero); ``grads`` match :meth:`parameters`."""
 
+    @abstractmethod
     def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """For a loss of ``-scale`` times the summed objective values of each chunk (B_c, D) under its noise
-        (T, K, B_c, latent): each chunk's loss (T,) and gradient, flattened (T, P).
-        One chunk after another here; :class:`VectorisedEnsemble` takes them in one pass."""
-        params, losses, grads = self.parameters(), [], []
-        for chunk, noise in zip(chunks, eps, strict=True):
-            loss = -self(chunk, noise).sum(-1) * scale
-            grads.append(self.flatten(torch.autograd.grad(loss.sum(), params, allow_unused=True,
-                                                          materialize_grads=True)))
-            losses.append(loss.detach())
-        return losses, grads
+        (T, K, B_c, latent): each chunk's loss (T,) and gradient, flattened (T, P), leaving :meth:`parameters`'
+        gradients alone."""
 
     @abstractmethod
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
@@ -116,48 +124,55 @@ class Ensemble(ABC):
 
 
 class VectorisedEnsemble(Ensemble):
-    """Stacked parameters, one flat leaf of shape (T, padded size) per parameter whose padding stays zero;
-    the model sees views (T, *shape) of the natural shapes and evaluates all replicas in one pass."""
+    """Every replica's parameters in one flat tensor (T, padded size), one row per replica, which the optimizer
+    steps in one call; the model sees leaves that are views of it in the parameters' natural shapes (T, *shape),
+    whose gradients accumulate in place into the matching views of the flat tensor's gradient. The padding of a
+    row stays zero."""
 
     def __init__(self, models: Sequence[VAE], objective: Objective) -> None:
         super().__init__(models, objective)
         if not stacks_replicas(self.template):
             raise ValueError("this model has layers that do not take stacked parameters; use LoopedEnsemble")
         stacked, _ = stack_module_state(list(models))
-        self._shapes = {f"model.{name}": p.shape for name, p in stacked.items()}
-        self._leaves = {f"model.{name}": _aligned_leaf(p) for name, p in stacked.items()}
+        self._segments = _segments({f"model.{name}": p.shape[1:] for name, p in stacked.items()})
+        width = -(-sum(segment.size for segment in self._segments) // ROW_ALIGNMENT) * ROW_ALIGNMENT
+        first = next(iter(stacked.values()))
+        self.flat = first.new_zeros(len(self), width)
+        with torch.no_grad():
+            for segment, p in zip(self._segments, stacked.values(), strict=True):
+                segment.view(self.flat).copy_(p)
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.flat.requires_grad_()
+        self.params = _leaves(self._segments, self.flat, self.flat.grad)
         self.buffers = {f"model.{name}": b for name, b in self.template.named_buffers()}
+        self._stacked = _holding(self.template, self.params)
         self._module = ObjectiveModule(self.template, objective)
-        self._surrogate_module = ObjectiveModule(self.template, objective, face="surrogate")
 
     def parameters(self) -> list[torch.Tensor]:
-        """One leaf per parameter, replicas along dimension 0."""
-        return list(self._leaves.values())
+        """The flat tensor (T, padded size), whose ``grad`` a backward pass through the ensemble fills."""
+        return [self.flat]
 
-    @property
-    def params(self) -> dict[str, torch.Tensor]:
-        """Every replica's parameters in their natural shapes (T, *shape), as views of the leaves."""
-        return {name: _unpad(leaf, shape) for (name, leaf), shape
-                in zip(self._leaves.items(), self._shapes.values(), strict=True)}
+    def zero_grad(self) -> None:
+        self.flat.grad.zero_()
 
     def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self._evaluate(self._module, x, eps)
+        return self._evaluate(self.objective, x, eps)
 
     def surrogate(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self._evaluate(self._surrogate_module, x, eps)
+        return self._evaluate(self.objective.surrogate, x, eps)
 
-    def _evaluate(self, module: ObjectiveModule, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """One face of the objective, through ``module``, on every replica's parameters at once."""
+    def _evaluate(self, face: Callable[[VAE, torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  eps: torch.Tensor) -> torch.Tensor:
+        """One face of the objective on the model that holds every replica's parameters."""
         if x.dim() == 2:
             x = x.expand(len(self), *x.shape)
-        return functional_call(module, (self.params, self.buffers), (x, eps), tie_weights=False)
+        return face(self._stacked, x, eps)
 
     def replica(self, t: int) -> VAE:
         model = copy.deepcopy(self.template)
-        params = self.params
         with torch.no_grad():
             for name, param in model.named_parameters():
-                param.copy_(params[f"model.{name}"][t])
+                param.copy_(self.params[f"model.{name}"][t])
         return model
 
     def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -168,24 +183,22 @@ class VectorisedEnsemble(Ensemble):
 
     def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """All chunks in one pass: each replica's parameters repeated once per chunk (detached copies), so that the
-        C chunks, zero-padded to one length and masked, are T x C replicas of one batched evaluation whose single
+        """All chunks in one pass: each replica's row repeated once per chunk (a detached copy), so that the C
+        chunks, zero-padded to one length and masked, are T x C replicas of one batched evaluation whose single
         backward pass yields every chunk's own gradient."""
         count, longest = len(chunks), max(len(chunk) for chunk in chunks)
         replicas = len(self)
         x = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, longest - len(c))) for c in chunks])
         noise = torch.stack([torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[-2])) for e in eps], dim=1)
         mask = torch.stack([torch.arange(longest, device=x.device) < len(c) for c in chunks]).to(x.dtype)
-        leaves = {name: leaf.detach().repeat_interleave(count, dim=0).requires_grad_()
-                  for name, leaf in self._leaves.items()}
-        params = {name: _unpad(leaf, torch.Size((replicas * count, *shape[1:]))) for (name, leaf), shape
-                  in zip(leaves.items(), self._shapes.values(), strict=True)}
-        values = functional_call(self._module, (params, self.buffers),
+        rows = self.flat.detach().repeat_interleave(count, dim=0)
+        grad = torch.zeros_like(rows)
+        leaves = _leaves(self._segments, rows, grad)
+        values = functional_call(self._module, (leaves, self.buffers),
                                  (x.repeat(replicas, 1, 1), noise.flatten(0, 1)), tie_weights=False)
         losses = -(values.view(replicas, count, longest) * mask).sum(-1) * scale
-        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        flat = torch.cat(grads, dim=1).view(replicas, count, -1)
-        return list(losses.detach().unbind(1)), list(flat.unbind(1))
+        losses.sum().backward(inputs=list(leaves.values()))
+        return list(losses.detach().unbind(1)), list(grad.view(replicas, count, -1).unbind(1))
 
     def scale_(self, grads: Sequence[torch.Tensor], factors: torch.Tensor) -> None:
         for g in grads:
@@ -227,6 +240,17 @@ class LoopedEnsemble(Ensemble):
         return torch.stack([torch.stack(torch._foreach_norm(list(own))).square().sum()
                             for own in self._by_replica(grads)])
 
+    def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One chunk after another."""
+        params, losses, grads = self.parameters(), [], []
+        for chunk, noise in zip(chunks, eps, strict=True):
+            loss = -self(chunk, noise).sum(-1) * scale
+            grads.append(self.flatten(torch.autograd.grad(loss.sum(), params, allow_unused=True,
+                                                          materialize_grads=True)))
+            losses.append(loss.detach())
+        return losses, grads
+
     def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         per_replica = self._by_replica(grads)
         out = grads[0].new_empty(len(per_replica), sum(g.numel() for g in per_replica[0]))
@@ -239,27 +263,59 @@ class LoopedEnsemble(Ensemble):
             torch._foreach_mul_(list(own), factor)
 
 
-def _unpad(leaf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The (T, *shape) view of an aligned leaf (see :func:`_aligned_leaf` for the layout)."""
-    numel = shape[1:].numel()
-    flat = leaf if leaf.shape[1] == numel else leaf[:, :numel]  # no slice without padding: its backward copies
-    if len(shape) == 3:
-        return flat.view(shape[0], shape[2], shape[1]).transpose(1, 2)
-    return flat.view(shape)
+@dataclass(frozen=True)
+class _Segment:
+    """Where the parameter ``name`` lies in a replica's row: ``size`` entries from ``start``, for its per-replica
+    ``shape``. A matrix is stored transposed: a linear layer computes x W^T, whose backward yields the
+    gradient of W^T contiguous, so that it accumulates into the row without a transposing copy."""
+
+    name: str
+    start: int
+    shape: torch.Size
+
+    @property
+    def size(self) -> int:
+        return self.shape.numel()
+
+    def view(self, rows: torch.Tensor) -> torch.Tensor:
+        """This parameter of every row of ``rows`` (R, width), as an (R, *shape) view."""
+        part = rows[:, self.start:self.start + self.size]
+        if len(self.shape) == 2:
+            return part.view(len(rows), self.shape[1], self.shape[0]).transpose(1, 2)
+        return part.view(len(rows), *self.shape)
 
 
-def _aligned_leaf(stacked: torch.Tensor) -> torch.Tensor:
-    """A (T, multiple of ROW_ALIGNMENT) leaf holding ``stacked`` (T, ...), zero-padded, that requires grad.
+def _segments(shapes: dict[str, torch.Size]) -> list[_Segment]:
+    """The parameters of ``shapes`` (per replica) one after another in a row."""
+    segments, start = [], 0
+    for name, shape in shapes.items():
+        segments.append(_Segment(name, start, torch.Size(shape)))
+        start += shape.numel()
+    return segments
 
-    Matrices are stored transposed: a linear layer computes x W^T, whose backward yields the gradient of W^T
-    contiguous, so with W^T as the stored layout it accumulates into the leaf without a transposing copy.
-    """
-    stacked = stacked.detach()
-    if stacked.dim() == 3:
-        stacked = stacked.transpose(1, 2)
-    flat = stacked.reshape(len(stacked), -1)
-    padded = -(-flat.shape[1] // ROW_ALIGNMENT) * ROW_ALIGNMENT
-    return torch.nn.functional.pad(flat, (0, padded - flat.shape[1])).requires_grad_()
+
+def _holding(template: VAE, leaves: dict[str, torch.Tensor]) -> VAE:
+    """A copy of ``template`` whose parameters are replaced by ``leaves`` (named as ``model.`` + the parameter's
+    name), held as plain tensors: the stacked model evaluated at every step, without swapping its parameters in
+    and out as ``functional_call`` does at each call."""
+    model = copy.deepcopy(template)
+    for name, _ in template.named_parameters():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        delattr(module, attr)
+        setattr(module, attr, leaves[f"model.{name}"])
+    return model
+
+
+def _leaves(segments: Sequence[_Segment], rows: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Leaf tensors that are views of ``rows`` (R, width) in the parameters' natural shapes (R, *shape), each with
+    the matching view of ``grad`` as its gradient, into which backward passes accumulate in place."""
+    rows, leaves = rows.detach(), {}
+    for segment in segments:
+        leaf = segment.view(rows).requires_grad_()
+        leaf.grad = segment.view(grad)
+        leaves[segment.name] = leaf
+    return leaves
 
 
 def clip_replica_norms_(

@@ -106,12 +106,17 @@ CONSTANTS_NOTE = "estimating L, sigma^2 and R at step 0 (--no-constants skips th
 
 def take_step(batch_losses: Callable[[], torch.Tensor], params: Sequence[torch.Tensor],
               optimizer: torch.optim.Optimizer,
-              squared_norms: Callable[[list[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+              squared_norms: Callable[[list[torch.Tensor]], torch.Tensor],
+              zero_grad: Callable[[], None] | None = None) -> torch.Tensor:
     """One optimisation step of every replica: the *sum* of their losses (T,) on their next batches is
     differentiated, so that each replica's gradient stays its own; returns each replica's squared minibatch
-    gradient norm (T,), taken (and clipped, if ``squared_norms`` clips) before the optimizer steps."""
+    gradient norm (T,), taken (and clipped, if ``squared_norms`` clips) before the optimizer steps.
+    ``zero_grad`` clears the gradients (``Ensemble.zero_grad``; the optimizer's by default)."""
     loss = batch_losses()
-    optimizer.zero_grad(set_to_none=True)
+    if zero_grad is None:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        zero_grad()
     loss.sum().backward()
     norms = squared_norms([p.grad for p in params])
     optimizer.step()
@@ -132,6 +137,7 @@ def run_steps(
     start: int = 0,
     threads: LoadFollower | None = None,
     notes: Sequence[str] = (),
+    zero_grad: Callable[[], None] | None = None,
 ) -> bool:
     """Steps ``start`` + 1 .. ``steps`` of :func:`take_step`: ``batch_losses()`` gives every replica's loss (T,) on its
     next batch, ``squared_norms`` returns each replica's squared gradient norm (and may clip in place), the
@@ -139,7 +145,7 @@ def run_steps(
     the run resumes from ``start``, which it recorded). Ctrl-C (or SIGTERM, under ``runtime.graceful_stop``) stops
     at the end of the step it arrives in, recorded; returns whether it did. Once the loop has ended, further
     signals are held until the run is written. ``threads``, if given, fits the intra-op thread count to the load
-    between steps. ``notes``: lines shown before the first step."""
+    between steps. ``notes``: lines shown before the first step. ``zero_grad``: as :func:`take_step`'s."""
     bar = Progress(steps, desc, "step", progress, initial=start)
 
     def record(step: int, lr: float) -> int:
@@ -166,7 +172,7 @@ def run_steps(
                 for step in range(start + 1, steps + 1):
                     held.hold()
                     lr = optimizer.param_groups[0]["lr"]
-                    recorder.observe(take_step(batch_losses, params, optimizer, squared_norms))
+                    recorder.observe(take_step(batch_losses, params, optimizer, squared_norms, zero_grad))
                     scheduler.step()
                     if epochs.epoch_finished:
                         recorder.end_epoch()

@@ -246,7 +246,12 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
     if resume_from is not None:
         start = resume_from["step"]
         _restore_streams(resume_from["loop"], generators, noise, batches)
-        optimizer.load_state_dict(resume_from["optimizer"])
+        try:
+            optimizer.load_state_dict(resume_from["optimizer"])
+        except ValueError:
+            raise ConfigError("--resume", "the checkpoint's optimizer state does not fit this version's layout of "
+                                          "the replicas' parameters (an earlier vaeconverge wrote it); start the run "
+                                          "afresh") from None
         scheduler.last_epoch = resume_from["scheduler"]["last_epoch"]
         recorder.restore(resume_from["loop"]["recorder"], start)
     batch_losses = replica_batch_losses(ensemble, x, batches, noise, config.precision)
@@ -261,7 +266,8 @@ def _fit(config: RunConfig, dataset: Dataset, ensemble: Ensemble, chosen: Plan, 
     with follower or nullcontext():
         note = precision_note(config.precision, device)
         interrupted = run_steps(config.steps, batch_losses, params, optimizer, scheduler, recorder, epochs,
-                                squared_norms, "train", progress, start, follower, [note] if note else [])
+                                squared_norms, "train", progress, start, follower, [note] if note else [],
+                                ensemble.zero_grad)
 
     loop = {"streams": [_stream_state(g, b) for g, b in zip(generators, batches, strict=True)],
             "noise": None if noise is generators else [g.get_state() for g in noise], "device": device.type,

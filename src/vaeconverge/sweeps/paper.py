@@ -108,7 +108,7 @@ def seconds_per_step(config: RunConfig, x: torch.Tensor) -> float:
     batch_losses = replica_batch_losses(ensemble, x, batches, noise, config.precision)
 
     def step() -> None:
-        take_step(batch_losses, params, optimizer, ensemble.squared_norms)
+        take_step(batch_losses, params, optimizer, ensemble.squared_norms, ensemble.zero_grad)
 
     with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
         for _ in range(WARMUP_STEPS):
