@@ -38,7 +38,7 @@ class SoftClip(nn.Module):
         self._two_terms = self.s * (self.s2 - self.s1) / 2 < _NEGLIGIBLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SoftClipFunction.apply(x, self)
+        return _SoftClipFunction.apply(x, self)[0]
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """f(x), computed with torch's own derivatives (what :meth:`forward` computes, differentiated op by op)."""
@@ -47,19 +47,17 @@ class SoftClip(nn.Module):
         # any input and f', f'' stay accurate in both tails. Softplus is linear past its threshold, so nothing
         # overflows.
         upper, y = self._reflected(x)
-        g = F.softplus(y - self.s1, beta=self.s, threshold=_LINEAR)
-        if self._two_terms:
-            g = g - F.softplus(y - self.s2, beta=self.s, threshold=_LINEAR)
-        return torch.where(upper, self.s2 - g, self.s1 + g)
+        return self._unfolded(upper, self._above_s1(y))
 
     def slope(self, x: torch.Tensor) -> torch.Tensor:
         """f'(x) = sigmoid(s (y - s1)) - sigmoid(s (y - s2)) at the reflected input y (f' is symmetric about the
         midpoint), in (0, 1]; differentiable, so that f'' and forward-over-reverse products follow from it."""
-        _, y = self._reflected(x)
-        d = torch.sigmoid(self.s * (y - self.s1))
-        if self._two_terms:
-            d = d - torch.sigmoid(self.s * (y - self.s2))
-        return d
+        return self._slope_at(self._reflected(x)[1])
+
+    def value_and_slope(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(x) and f'(x) from one reflection of x: what a training step's forward pass computes and keeps."""
+        upper, y = self._reflected(x)
+        return self._unfolded(upper, self._above_s1(y)), self._slope_at(y)
 
     def _reflected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Which inputs lie above the midpoint, and the inputs with those reflected below it."""
@@ -67,37 +65,61 @@ class SoftClip(nn.Module):
         upper = x > mid
         return upper, torch.where(upper, 2.0 * mid - x, x)
 
+    def _shifted(self, y: torch.Tensor, by: float) -> torch.Tensor:
+        """y - by, without a pass over y for the usual s1 = 0."""
+        return y - by if by else y
+
+    def _above_s1(self, y: torch.Tensor) -> torch.Tensor:
+        """f(y) - s1 at a reflected input y."""
+        g = F.softplus(self._shifted(y, self.s1), beta=self.s, threshold=_LINEAR)
+        if self._two_terms:
+            g = g - F.softplus(y - self.s2, beta=self.s, threshold=_LINEAR)
+        return g
+
+    def _unfolded(self, upper: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """f(x) from g = f(y) - s1 at the reflected input y."""
+        return torch.where(upper, self.s2 - g, g + self.s1 if self.s1 else g)
+
+    def _slope_at(self, y: torch.Tensor) -> torch.Tensor:
+        d = torch.sigmoid(self.s * self._shifted(y, self.s1))
+        if self._two_terms:
+            d = d - torch.sigmoid(self.s * (y - self.s2))
+        return d
+
     def extra_repr(self) -> str:
         return f"s={self.s}, s1={self.s1}, s2={self.s2}"
 
 
 class _SoftClipFunction(torch.autograd.Function):
-    """Soft-clipping with its derivative written out: the backward pass is one product with f'(x) computed from the
-    saved input, where differentiating the forward op by op would keep and traverse about ten intermediates.
-    ``slope`` is made of differentiable ops, so second derivatives (double backward, forward-over-reverse) and
-    ``torch.func`` transforms (grad, jvp, vmap) see the same function."""
+    """Soft-clipping with its derivative written out: the forward pass computes f'(x) beside f(x) from one
+    reflection of x, and the backward pass is one product with it, where differentiating the forward op by op
+    would keep and traverse about ten intermediates. A backward pass that is itself differentiated (double
+    backward) takes f'(x) from ``slope``, made of differentiable ops, so second derivatives (double backward,
+    forward-over-reverse) and ``torch.func`` transforms (grad, jvp, vmap) see the same function."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, clip: SoftClip) -> torch.Tensor:
-        return clip.value(x)
+    def forward(x: torch.Tensor, clip: SoftClip) -> tuple[torch.Tensor, torch.Tensor]:
+        return clip.value_and_slope(x)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, SoftClip], output: torch.Tensor) -> None:
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, SoftClip],
+                      output: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, ctx.clip = inputs
-        ctx.save_for_backward(x)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, output[1])
         ctx.save_for_forward(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        return grad * ctx.clip.slope(x), None
+    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, slope = ctx.saved_tensors
+        return grad * (ctx.clip.slope(x) if torch.is_grad_enabled() else slope), None
 
     @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor, _: None) -> torch.Tensor:
+    def jvp(ctx: Any, tangent: torch.Tensor, _: None) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        return tangent * ctx.clip.slope(x)
+        return tangent * ctx.clip.slope(x), None
 
 
 @dataclass(frozen=True)
