@@ -1,5 +1,5 @@
 """Benchmark 1: T = 8 seeds of the digits MLP VAE (B = 64, 2000 steps) trained by vaeconverge in one vectorised
-pass, against 8 sequential runs of the naive loop (``naive.py``) on the same data. Target: >= 3x.
+pass, against 8 sequential runs of the naive loop (``naive.py``) on the same data. Target: >= 4x (issue 20).
 
 Both sides train 8 x 2000 steps. vaeconverge runs with its default full-gradient diagnostics, constants probes
 off (``--quick``: 5 checkpoints), and, for information, once with them reduced to the first and last step and
@@ -16,7 +16,7 @@ from naive import NaiveSpec, time_naive
 
 NAME = "B1 8 seeds vs 8 naive runs"
 SEEDS = tuple(range(8))
-TARGET = 3.0
+TARGET = 4.0
 
 
 def run(settings: Settings) -> Result:
