@@ -75,8 +75,8 @@ def full_objective_gradient(
     from the groups' differences between the replicates, d_g: each replicate's group values are independent
     with equal variance, so Var(objective) = sum_g Var(d_g) / 4, estimated by sum_g d_g^2 / 4. Uses
     ``torch.autograd.grad``: the parameters' ``.grad`` fields are left untouched. ``x`` as stored (on the host,
-    uint8 pixels): each chunk goes to the replicas' device and is converted there; the noise is drawn by the
-    host's generators, so a checkpoint reads the same draws on every device.
+    uint8 pixels): each chunk goes to the replicas' device and is converted there; the noise is drawn on the
+    generators' device and moved to the replicas'.
     """
     scale = 1.0 / (len(x) * eval_samples)
     samples = replicas.objective.samples

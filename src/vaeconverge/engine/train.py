@@ -83,7 +83,8 @@ class EnsembleSubject(Subject):
             self.estimator = "exact (the Linear VAE's ELBO in closed form)"
 
     def measure(self) -> list[dict[str, float]]:
-        generators = [torch.Generator().manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
+        device = self.ensemble.device  # draws made where they are used: a checkpoint takes 2 n K per replica
+        generators = [torch.Generator(device).manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
         full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators,
                                        chunk_size=self.plan.eval_chunk)
         rows = []
