@@ -19,21 +19,11 @@ from .squared_norm import unbiased_squared_norm
 
 
 class Replicas(Protocol):
-    """T replicas of a model evaluated together (``engine.ensemble.Ensemble``)."""
+    """T replicas of a model evaluated together (``engine.ensemble.Ensemble``): what a full-data gradient needs."""
 
     objective: Objective
     latent_dim: int
     device: torch.device
-
-    def __len__(self) -> int: ...
-
-    def parameters(self) -> list[torch.Tensor]: ...
-
-    def __call__(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
-
-    def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor: ...
-
-    def flatten(self, grads: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
     def chunk_gradients(self, chunks: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], scale: float
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...
