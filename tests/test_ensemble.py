@@ -14,6 +14,7 @@ import torch
 from vaeconverge.cli import main
 from vaeconverge.config import ConfigError, RunConfig
 from vaeconverge.data import load_dataset
+from vaeconverge.diagnostics.posterior import ACTIVE_UNIT_VARIANCE
 from vaeconverge.diagnostics.seeds import bands, seed_mean
 from vaeconverge.engine import LoopedEnsemble, VectorisedEnsemble, load_model, plan, train
 from vaeconverge.engine.ensemble import clip_replica_norms_
@@ -21,7 +22,7 @@ from vaeconverge.models import build_vae
 from vaeconverge.objectives import ELBO, IWAE
 
 DIGITS = RunConfig(data="digits", hidden=64, batch_size=32, eval_every=250, eval_samples=2, constants=False)
-COMPARED = ("objective", "grad_sq_norm", "batch_grad_sq_norm")
+COMPARED = ("objective", "grad_sq_norm", "batch_grad_sq_norm", "kl", "active_units")
 
 
 def rows_of(result, seed: int) -> list[dict[str, float]]:
@@ -229,3 +230,30 @@ def replica_views(stacked: VectorisedEnsemble, grads, t: int) -> list[torch.Tens
         views.append(part.view(p.shape[1], p.shape[0]).T if p.dim() == 2 else part.view(p.shape))
         start += p.numel()
     return views
+
+
+@pytest.mark.parametrize("options", [{"model": "linear", "likelihood": "gaussian"}, {"model": "mlp"}],
+                         ids=["linear", "mlp"])
+@pytest.mark.parametrize("layout", [VectorisedEnsemble, LoopedEnsemble], ids=["vectorised", "looped"])
+def test_each_replicas_posterior_usage_is_its_plain_models(options, layout):
+    """The encoders' use of the latent space, taken for every replica at once, is each plain model's over all
+    the data: the mean KL to the prior and the count of latent means whose variance over the data passes the
+    threshold, here computed by hand."""
+    config = RunConfig(latent_dim=3, hidden=8, **options)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_vae(config, 5)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        models.append(model)
+    x = torch.rand(37, 5)
+    usages = layout(models, ELBO()).posterior_usage(x, chunk_size=8)  # several chunks, the last one short
+    assert len(usages) == 3
+    for model, usage in zip(models, usages, strict=True):
+        with torch.no_grad():
+            q = model.encode(x)
+        assert usage.kl == pytest.approx(q.kl_to_prior().double().mean().item(), rel=1e-5)
+        assert usage.active_units == int((q.mean.double().var(0, correction=0) > ACTIVE_UNIT_VARIANCE).sum())
+    assert len({round(usage.kl, 6) for usage in usages}) == 3

@@ -330,6 +330,62 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
             _set_flush_denormal_everywhere(False)
 
 
+# glibc's malloc parameters (malloc.h): a freed block at the top of the heap larger than the trim threshold is handed
+# back to the kernel; an allocation larger than the mmap threshold gets pages of its own, handed back when freed.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# While a run computes, allocations up to this size come from the heap, and what is freed stays there.
+RETAINED_BLOCK = 1 << 30
+# Afterwards: the largest thresholds glibc's own adaptive policy reaches (on 64-bit: 32 MiB, twice that to trim).
+ADAPTIVE_MMAP_MAX = 32 << 20
+
+
+@cache
+def _glibc_malloc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (whose malloc has ``mallopt`` and ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # no process-wide symbol table (Windows)
+        return None
+    return libc if all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim")) else None
+
+
+_retaining = 0  # blocks of retained_heap entered and not yet left
+
+
+@contextmanager
+def retained_heap() -> Iterator[None]:
+    """Run the block with the memory it frees kept in the process for its next allocations. glibc's malloc hands
+    a large freed block back to the kernel, and the next allocation of it is faulted in again a page at a time:
+    a conv step's activations every step, and a checkpoint's passes every checkpoint (the README's performance
+    section has the measurements). On leaving the outermost such block, what it freed is handed back
+    (``malloc_trim``) and the thresholds are left at the largest values glibc's adaptive policy would reach.
+    Elsewhere than glibc nothing changes."""
+    global _retaining
+    libc = _glibc_malloc()
+    outermost = libc is not None and not _retaining
+    if outermost:
+        libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * RETAINED_BLOCK)
+    _retaining += 1
+    try:
+        yield
+    finally:
+        _retaining -= 1
+        if outermost:
+            libc.mallopt(_M_MMAP_THRESHOLD, ADAPTIVE_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_MAX)
+            libc.malloc_trim(0)
+
+
+@contextmanager
+def computing(threads: int, flush: bool = True) -> Iterator[None]:
+    """How a run computes on the host: on ``threads`` intra-op threads, with denormal floats flushed to zero
+    where ``flush`` (:func:`flush_denormals`), and its freed memory kept for reuse (:func:`retained_heap`); what
+    it changed is restored afterwards."""
+    with intra_op_threads(threads), flush_denormals(flush), retained_heap():
+        yield
+
+
 @dataclass
 class Interrupts:
     """The stop signals (SIGINT, SIGTERM) a run received, and whether it is finishing (writing what it

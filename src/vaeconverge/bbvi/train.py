@@ -27,7 +27,7 @@ from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import run_steps
 from ..engine.recorder import ObjectiveFloor, Recorder, Subject, diagnostics_seed
 from ..optim import build_optimizer, build_schedule
-from ..runtime import flush_denormals, intra_op_threads, require_memory, resolve_device
+from ..runtime import computing, require_memory, resolve_device
 from .config import BBVIConfig
 from .families import Family, Gaussian, build_family
 from .objectives import build_objective
@@ -190,7 +190,7 @@ def train(config: BBVIConfig, target: Target | None = None, progress: bool = Tru
     require_memory("--samples", 16 * draws * (target.dim + target.n_data),
                    f"{draws:,} variational draws a step and a checkpoint (--samples x --eval-samples x seeds) "
                    f"against {target.n_data:,} data", device)
-    with intra_op_threads(config.threads or 1), flush_denormals(config.denormals == "flush"):
+    with computing(config.threads or 1, config.denormals == "flush"):
         result = _fit(config, on_device(target, device), device, progress)
     result.summary["device"] = str(device)
     return result

@@ -35,15 +35,19 @@ class PosteriorUsage:
 
 
 @torch.no_grad()
-def posterior_usage(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 2048) -> PosteriorUsage:
+def posterior_usage(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 2048, replicas: int | None = None,
+                    device: torch.device | None = None) -> list[PosteriorUsage]:
     """The encoder of ``model`` (one with ``encode(x)`` giving a posterior with ``mean`` and ``kl_to_prior()``) over
-    all of ``x``, a chunk at a time; exact, no Monte Carlo."""
-    kl, means = 0.0, []
-    device = next(model.parameters()).device
+    all of ``x``, a chunk at a time; exact, no Monte Carlo. ``replicas``: the model holds that many replicas'
+    parameters stacked (``engine.ensemble``), each evaluated on all of ``x`` in one pass; one usage per replica
+    (one for a plain model). ``device``: the model's (by default that of its parameters)."""
+    device = device or next(model.parameters()).device
+    kl: torch.Tensor | float = 0.0
+    means = []
     for chunk in (as_float(to_device(rows, device)) for rows in x.split(chunk_size)):
-        with torch.no_grad():  # no graph: a chunk's activations are freed as soon as its posterior is read
-            q = model.encode(chunk)
-        kl += q.kl_to_prior().double().sum().item()
+        q = model.encode(chunk if replicas is None else chunk.expand(replicas, *chunk.shape))
+        kl = kl + q.kl_to_prior().double().sum(-1)  # a chunk's activations are freed once its posterior is read
         means.append(q.mean.double())
-    variance = torch.cat(means).var(0, correction=0)
-    return PosteriorUsage(kl=kl / len(x), active_units=int((variance > ACTIVE_UNIT_VARIANCE).sum()))
+    variance = torch.cat(means, dim=-2).var(-2, correction=0)
+    kls, active = (kl / len(x)).reshape(-1).tolist(), (variance > ACTIVE_UNIT_VARIANCE).sum(-1).reshape(-1).tolist()
+    return [PosteriorUsage(kl=k, active_units=int(a)) for k, a in zip(kls, active, strict=True)]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, stack_module_state
 
-from ..diagnostics import replica_squared_norms
+from ..diagnostics import PosteriorUsage, posterior_usage, replica_squared_norms
 from ..models import VAE
 from ..nn.layers import stacks_replicas
 from ..objectives import Objective, ObjectiveModule
@@ -98,6 +98,11 @@ class Ensemble(ABC):
     @abstractmethod
     def replica(self, t: int) -> VAE:
         """A detached copy of replica t as a plain module (for diagnostics that take one model)."""
+
+    @abstractmethod
+    def posterior_usage(self, x: torch.Tensor, chunk_size: int) -> list[PosteriorUsage]:
+        """Each replica's use of its latent space over all of ``x`` (``diagnostics.posterior``), ``chunk_size``
+        examples at a time."""
 
     @abstractmethod
     def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -175,6 +180,10 @@ class VectorisedEnsemble(Ensemble):
                 param.copy_(self.params[f"model.{name}"][t])
         return model
 
+    def posterior_usage(self, x: torch.Tensor, chunk_size: int) -> list[PosteriorUsage]:
+        """All replicas in one pass, each replica's products on one thread as in its single run."""
+        return posterior_usage(self._stacked, x, chunk_size, replicas=len(self), device=self.device)
+
     def squared_norms(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return replica_squared_norms(grads)
 
@@ -231,6 +240,9 @@ class LoopedEnsemble(Ensemble):
 
     def replica(self, t: int) -> VAE:
         return copy.deepcopy(self.models[t])
+
+    def posterior_usage(self, x: torch.Tensor, chunk_size: int) -> list[PosteriorUsage]:
+        return [posterior_usage(model, x, chunk_size)[0] for model in self.models]
 
     def _by_replica(self, grads: Sequence[torch.Tensor]) -> list[Sequence[torch.Tensor]]:
         k = self._per_replica

@@ -17,7 +17,6 @@ from ..config import ConfigError, RunConfig
 from ..data import Dataset, PermutationBatches, as_float
 from ..diagnostics import full_objective_gradient
 from ..diagnostics.constants import Loss, example_gradient_draws, fixed_noise_loss
-from ..diagnostics.posterior import posterior_usage
 from ..diagnostics.snr import vae_gradient_draws
 from ..models import VAE, LinearVAE, build_vae, ppca_optimum
 from ..nn.layers import stacks_replicas
@@ -26,7 +25,7 @@ from ..optim import build_optimizer, build_schedule, optimizer_spec
 from ..runtime import (
     LoadFollower,
     LoadSample,
-    flush_denormals,
+    computing,
     intra_op_threads,
     network_precision,
     precision_note,
@@ -87,19 +86,18 @@ class EnsembleSubject(Subject):
         generators = [torch.Generator(device).manual_seed(diagnostics_seed(seed)) for seed in self.seeds]
         full = full_objective_gradient(self.ensemble, self.x, self.config.eval_samples, generators,
                                        chunk_size=self.plan.eval_chunk)
+        usages = self.ensemble.posterior_usage(self.x, self.plan.eval_chunk)
         rows = []
-        for t in range(len(self.seeds)):
+        for t, usage in enumerate(usages):
             row = {"objective": full.objective[t], "objective_se": full.objective_se[t],
                    "grad_sq_norm": full.grad_sq_norm[t],
                    "grad_sq_norm_se": full.grad_sq_norm_se[t], "grad_sq_norm_biased": full.grad_sq_norm_biased[t],
                    "log_likelihood": math.nan, "kl": math.nan, "active_units": math.nan}
-            if math.isfinite(row["objective"]):  # a diverged model has no usable closed forms
-                model = self.ensemble.replica(t)
-                with self.one_replica(t):
-                    usage = posterior_usage(model, self.x, self.plan.eval_chunk)
-                    row.update(kl=usage.kl, active_units=usage.active_units)
-                    if self.linear:
-                        row.update(self._closed_forms(model))
+            if math.isfinite(row["objective"]):  # a diverged model has no usable posterior or closed forms
+                row.update(kl=usage.kl, active_units=usage.active_units)
+                if self.linear:
+                    with self.one_replica(t):
+                        row.update(self._closed_forms(self.ensemble.replica(t)))
             rows.append(row)
         return rows
 
@@ -222,7 +220,7 @@ def train(config: RunConfig, dataset: Dataset, progress: bool = True,
                                       f"are; resume it there, not on {device.type}")
     weights = None if resume_from is None else resume_from["models"]
     ensemble, chosen = build_ensemble(config, dataset.x, device, weights)
-    with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
+    with computing(chosen.threads, config.denormals == "flush"):
         result = _fit(config, dataset, ensemble, chosen, progress, resume_from)
     result.summary["threads"] = chosen.threads
     result.summary["vectorised"] = chosen.vectorised

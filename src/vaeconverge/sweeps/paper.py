@@ -35,7 +35,7 @@ from ..engine.loop import take_step
 from ..engine.recorder import default_eval_points, evaluation_steps
 from ..engine.train import build_ensemble, replica_batch_losses, replica_streams
 from ..optim import build_optimizer
-from ..runtime import flush_denormals, intra_op_threads, resolve_device
+from ..runtime import computing, resolve_device
 from .grid import SweepSpec
 from .identity import run_id
 from .store import Store
@@ -110,7 +110,7 @@ def seconds_per_step(config: RunConfig, x: torch.Tensor) -> float:
     def step() -> None:
         take_step(batch_losses, params, optimizer, ensemble.squared_norms, ensemble.zero_grad)
 
-    with intra_op_threads(chosen.threads), flush_denormals(config.denormals == "flush"):
+    with computing(chosen.threads, config.denormals == "flush"):
         for _ in range(WARMUP_STEPS):
             step()
         _wait(device)
