@@ -108,12 +108,12 @@ def test_flush_denormals_reaches_every_intra_op_thread_and_is_undone() -> None:
     assert torch.equal(after, denormal) and not runtime.flushes_denormals()
 
 
-# Prints the minor page faults of writing a fresh block of 64 MiB in a block of retained_heap, then of 60 MiB
-# there after a nested block ended, and after the outermost block: each block freed at once. (A block of the same
-# size would not always fit where the first one was: torch asks for aligned memory, which glibc serves from a
-# slightly larger free chunk.)
+# Prints the minor page faults of writing a fresh block of 64 MiB in a block of retained_heap, then of 60 MiB there
+# after a nested block and a block in another thread ended, and after the last block: each block freed at once. (A
+# block of the same size would not always fit where the first one was: torch asks for aligned memory, which glibc
+# serves from a slightly larger free chunk.)
 _HEAP_SCRIPT = """
-import resource, torch
+import resource, threading, torch
 from vaeconverge import runtime
 
 def faults(mib):
@@ -126,6 +126,12 @@ with runtime.retained_heap():
     first = faults(64)
     with runtime.retained_heap():
         pass
+    def block():
+        with runtime.retained_heap():
+            pass
+    thread = threading.Thread(target=block)
+    thread.start()
+    thread.join()
     again = faults(60)
 print(first, again, faults(60))
 """
@@ -134,9 +140,9 @@ print(first, again, faults(60))
 @pytest.mark.skipif(runtime._glibc_malloc() is None, reason="the heap is tuned only under glibc's malloc")
 def test_a_run_reuses_the_memory_it_frees_and_hands_it_back_when_it_ends() -> None:
     """Inside the block the memory of a freed 64 MiB block serves the next large allocation without faulting its
-    pages in again, also after a nested block ends; after the outermost block, glibc hands such a block back to
-    the kernel when it is freed, so writing one again faults every page in. In a process of its own, where no
-    other thread allocates."""
+    pages in again, also after a nested block and a block in another thread end; once the last block is left,
+    glibc hands such a block back to the kernel when it is freed, so writing one again faults every page in. In a
+    process of its own, where no other thread allocates meanwhile."""
     pages = (60 << 20) // resource.getpagesize()
     out = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], capture_output=True, text=True, check=True).stdout
     first, again, after = map(int, out.split())

@@ -1,5 +1,5 @@
-"""Where the arithmetic runs: the cores this process may use, its memory, intra-op threads, the device, the
-networks' precision, and denormal floats.
+"""Where the arithmetic runs: the cores this process may use, its memory and heap, intra-op threads, the device,
+the networks' precision, and denormal floats.
 
 The lowest floor of the package but for ``validation``: the engine, the data loaders and the commands ask it.
 
@@ -349,32 +349,34 @@ def _glibc_malloc() -> ctypes.CDLL | None:
     return libc if all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim")) else None
 
 
-_retaining = 0  # blocks of retained_heap entered and not yet left
+_retaining = 0  # blocks of retained_heap entered and not yet left, in any thread
+_retaining_lock = threading.Lock()
 
 
 @contextmanager
 def retained_heap() -> Iterator[None]:
     """Run the block with the memory it frees kept in the process for its next allocations. glibc's malloc hands
     a large freed block back to the kernel, and the next allocation of it is faulted in again a page at a time:
-    a conv step's activations every step, and a checkpoint's passes every checkpoint (the README's performance
-    section has the measurements). On leaving the outermost such block, what it freed is handed back
-    (``malloc_trim``) and the thresholds are left at the largest values glibc's adaptive policy would reach.
-    Elsewhere than glibc nothing changes."""
+    a conv step's activations every step, and a checkpoint's passes every checkpoint (docs/performance.md has
+    the measurements). Once every such block (nested, or in other threads) is left, what they freed is
+    handed back (``malloc_trim``) and the thresholds are left at the largest values glibc's adaptive policy would
+    reach. Elsewhere than glibc nothing changes."""
     global _retaining
     libc = _glibc_malloc()
-    outermost = libc is not None and not _retaining
-    if outermost:
-        libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * RETAINED_BLOCK)
-    _retaining += 1
+    with _retaining_lock:
+        if libc is not None and not _retaining:
+            libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * RETAINED_BLOCK)
+        _retaining += 1
     try:
         yield
     finally:
-        _retaining -= 1
-        if outermost:
-            libc.mallopt(_M_MMAP_THRESHOLD, ADAPTIVE_MMAP_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_MAX)
-            libc.malloc_trim(0)
+        with _retaining_lock:
+            _retaining -= 1
+            if libc is not None and not _retaining:
+                libc.mallopt(_M_MMAP_THRESHOLD, ADAPTIVE_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_MAX)
+                libc.malloc_trim(0)
 
 
 @contextmanager
